@@ -1,0 +1,1 @@
+"""Audio formats: PCM16 wire encoding, resampling, audio files (and later EnCodec)."""

@@ -1,0 +1,46 @@
+from voxloop.voice.clauses import ClauseChunker, speakable
+
+
+def stream(text: str, chunker: ClauseChunker, step: int = 3) -> list[str]:
+    out = []
+    for i in range(0, len(text), step):
+        out += chunker.push(text[i:i + step])
+    return out + chunker.flush()
+
+
+def test_first_clause_is_cut_at_the_first_comma_once_long_enough():
+    chunker = ClauseChunker(first_clause_min_chars=12)
+    assert chunker.push("Well, the weather today, ") == ["Well, the weather today,"]
+
+
+def test_later_clauses_wait_for_sentence_ends():
+    text = "Sure, I can help. The capital of France, which is lovely, is Paris. Anything else?"
+    assert stream(text, ClauseChunker(first_clause_min_chars=4)) == [
+        "Sure,", "I can help.", "The capital of France, which is lovely, is Paris.", "Anything else?"]
+
+
+def test_a_boundary_needs_the_next_character():
+    chunker = ClauseChunker()
+    assert chunker.push("It costs 3.") == []
+    assert chunker.push("5 dollars. Next") == ["It costs 3.5 dollars."]
+    assert chunker.flush() == ["Next"]
+
+
+def test_abbreviations_and_initials_do_not_end_sentences():
+    assert stream("Dr. Smith met J. R. Tolkien. Then he left.", ClauseChunker()) == [
+        "Dr. Smith met J. R. Tolkien.", "Then he left."]
+
+
+def test_long_run_on_text_is_cut_before_max_chars():
+    text = " ".join(["word"] * 100)
+    clauses = stream(text, ClauseChunker(max_chars=60))
+    assert all(len(c) <= 60 for c in clauses)
+    assert " ".join(clauses) == text
+
+
+def test_punctuation_only_pieces_are_dropped():
+    assert stream("... ! Hello there.", ClauseChunker()) == ["Hello there."]
+
+
+def test_speakable_strips_markdown_and_emoji():
+    assert speakable("**Sure!** Here is `code` 😀 for you") == "Sure! Here is code for you"

@@ -1,0 +1,51 @@
+from voxloop.voice.history import Conversation, ConversationItem, heard_text
+
+
+def spoken_item() -> ConversationItem:
+    item = ConversationItem("a1", "assistant")
+    item.add_spoken("Hello there.", 1000)
+    item.add_spoken("The weather is sunny and warm today.", 3000)
+    return item
+
+
+def test_truncate_keeps_whole_clauses_before_the_cut():
+    item = spoken_item()
+    item.truncate(1000)
+    assert item.text == "Hello there."
+
+
+def test_truncate_inside_a_clause_keeps_the_words_spoken_so_far():
+    item = spoken_item()
+    item.truncate(1000 + 1500)  # half of the second clause
+    assert item.text == "Hello there. The weather is"  # "sunny" is only half spoken at that point
+
+
+def test_truncate_at_zero_keeps_nothing_and_can_be_redone_later():
+    item = spoken_item()
+    item.truncate(0)
+    assert item.text == ""
+    item.truncate(4000)
+    assert item.text == "Hello there. The weather is sunny and warm today."
+
+
+def test_heard_text_without_segments_is_empty():
+    assert heard_text([], 500) == ""
+
+
+def test_chat_messages_merge_consecutive_user_turns_and_skip_empty_ones():
+    conversation = Conversation()
+    conversation.add(ConversationItem("u1", "user", "What is"))
+    conversation.add(ConversationItem("u2", "user", "the time?"))
+    conversation.add(ConversationItem("a1", "assistant", ""))
+    conversation.add(ConversationItem("a2", "assistant", "Noon."))
+    assert conversation.chat_messages("Be brief.") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the time?"},
+        {"role": "assistant", "content": "Noon."},
+    ]
+
+
+def test_add_returns_previous_item_id():
+    conversation = Conversation()
+    assert conversation.add(ConversationItem("x", "user", "hi")) is None
+    assert conversation.add(ConversationItem("y", "user", "hi")) == "x"

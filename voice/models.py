@@ -1,0 +1,97 @@
+"""Loading, warming and sharing the models of the cascade.
+
+Loaded once per server and shared by every session. Each model has one worker thread (see
+the backends), so concurrent sessions queue instead of racing inside a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from voxloop.voice.asr import Transcript, WhisperTranscriber
+from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICompatibleLLM
+from voxloop.voice.tts import PiperSynthesizer, SpeechSynthesizer
+from voxloop.voice.vad import SileroVAD
+
+
+@dataclass
+class ModelOptions:
+    asr_model: str | None = None  # None: bundled tiny.en
+    asr_device: str = "cpu"
+    asr_compute_type: str = "int8"
+    llm_gguf: str | None = None  # None: bundled SmolLM2-135M-Instruct
+    llm_url: str | None = None
+    llm_model: str = "default"
+    llm_api_key_env: str = "VOXLOOP_LLM_API_KEY"
+    llm_gpu_layers: int = 0
+    tts: str = "piper"
+    piper_voice: str | None = None  # None: the bundled voice
+    threads: int = 0  # 0: all cores
+
+
+@dataclass
+class CascadeModels:
+    vad: SileroVAD
+    asr: WhisperTranscriber
+    llm: ChatLLM
+    tts: SpeechSynthesizer
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    _asr_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="asr"))
+
+    async def transcribe(self, audio16k: np.ndarray) -> Transcript:
+        return await asyncio.get_running_loop().run_in_executor(self._asr_executor, self.asr.transcribe, audio16k)
+
+    async def warm_up(self) -> None:
+        """One pass through every model, so the first user does not pay for lazy initialisation."""
+        await self.transcribe(np.zeros(16000, dtype=np.float32))
+        async with aclosing(self.llm.stream([{"role": "user", "content": "Hi"}], GenerationSettings(max_tokens=2))) as pieces:
+            async for _ in pieces:
+                pass
+        async with aclosing(self.tts.synthesize("Hello.")) as chunks:
+            async for _ in chunks:
+                pass
+
+
+def build_llm(options: ModelOptions) -> ChatLLM:
+    if options.llm_url:
+        return OpenAICompatibleLLM(options.llm_url, options.llm_model, api_key_env=options.llm_api_key_env)
+    return LlamaCppLLM(options.llm_gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers)
+
+
+def build_tts(options: ModelOptions) -> SpeechSynthesizer:
+    if options.tts == "piper":
+        return PiperSynthesizer(options.piper_voice)
+    raise ValueError(f"unknown TTS backend {options.tts!r} (available: piper)")
+
+
+def load_cascade(options: ModelOptions, console: Console | None = None) -> CascadeModels:
+    """Load every model with a visible progress bar. Blocking: call before serving, then
+    `await warm_up()` on the serving event loop (HTTP clients bind to the loop they first use)."""
+    console = console or Console(stderr=True)
+    steps = [
+        ("Silero VAD", lambda: SileroVAD()),
+        (f"Whisper ({options.asr_model or 'bundled tiny.en'})",
+         lambda: WhisperTranscriber(options.asr_model, options.asr_device, options.asr_compute_type, options.threads)),
+        (f"LLM ({options.llm_url or options.llm_gguf or 'bundled SmolLM2-135M-Instruct'})", lambda: build_llm(options)),
+        (f"TTS ({options.tts}: {options.piper_voice or 'bundled voice'})", lambda: build_tts(options)),
+    ]
+    loaded, seconds = [], {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("loading models", total=len(steps))
+        for label, load in steps:
+            progress.update(task, description=f"loading {label}")
+            start = time.perf_counter()
+            loaded.append(load())
+            seconds[label] = time.perf_counter() - start
+            progress.advance(task)
+        progress.update(task, description="models loaded")
+    return CascadeModels(*loaded, load_seconds=seconds)

@@ -1,0 +1,419 @@
+"""One conversation: input audio, turn-taking, replies and barge-in.
+
+The protocol layer calls the public coroutines as client events arrive; the session answers
+through `emit` with Realtime server events. Everything a reply does runs in one task, so a
+barge-in or `response.cancel` is a task cancellation that every stage sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from voxloop.codecs.pcm import encode_base64_pcm16
+from voxloop.codecs.resample import StreamResampler
+from voxloop.streaming import events as ev
+from voxloop.voice.asr import Transcript
+from voxloop.voice.cascade import CascadeResponder
+from voxloop.voice.config import SessionConfig
+from voxloop.voice.history import Conversation, ConversationItem
+from voxloop.voice.models import CascadeModels
+from voxloop.voice.sample_buffer import SampleBuffer
+from voxloop.voice.turns import SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
+from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+WIRE_RATE = 24000
+DELTA_SAMPLES = 2400  # 100 ms of 24 kHz audio per output_audio.delta
+# Outgoing audio may run ahead of real time by a short burst, then at most PACE x real time:
+# enough to ride out a TTS hiccup, little enough that a barge-in leaves little audio queued.
+PACE = 2.0
+BURST_S = 0.3
+# Word endings are soft and Silero calls them silence early; keep a little audio past the end.
+TRAILING_CONTEXT_MS = 100
+PARTIAL_INTERVAL_S = 0.6
+MIN_PARTIAL_AUDIO_S = 0.5
+MAX_BUFFER_S = 120
+MIN_COMMIT_MS = 100
+
+
+class SessionError(Exception):
+    """A client request that cannot be done; becomes a protocol `error` event."""
+
+    def __init__(self, message: str, code: str, param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+@dataclass
+class UserTurn:
+    item_id: str
+    start_sample: int
+    partials: asyncio.Task | None = None
+
+
+@dataclass
+class Playback:
+    """What the client was sent of one assistant item, to estimate what it has played.
+
+    Each chunk starts playing when it arrives or when the previous one ends, whichever is
+    later; so a stall between clauses pauses the estimate just as it pauses the speaker."""
+
+    item: ConversationItem
+    chunks: list[tuple[float, float, float]] = field(default_factory=list)  # (play_start, offset_ms, duration_ms)
+    play_end: float = 0.0
+
+    @property
+    def sent_ms(self) -> float:
+        return self.chunks[-1][1] + self.chunks[-1][2] if self.chunks else 0.0
+
+    def sent(self, now: float, duration_ms: float) -> None:
+        start = max(now, self.play_end)
+        self.chunks.append((start, self.sent_ms, duration_ms))
+        self.play_end = start + duration_ms / 1000
+
+    def heard_ms(self, now: float) -> float:
+        for start, offset, duration in reversed(self.chunks):
+            if start <= now:
+                return offset + min(duration, (now - start) * 1000)
+        return 0.0
+
+    def playing(self, now: float) -> bool:
+        return bool(self.chunks) and now < self.play_end
+
+
+class VoiceSession:
+    def __init__(self, models: CascadeModels, emit: Emit, config: SessionConfig | None = None):
+        self.models = models
+        self.responder = CascadeResponder(models.llm, models.tts)
+        self.emit = emit
+        self.config = config or SessionConfig()
+        self.conversation = Conversation()
+        self._resampler = StreamResampler(WIRE_RATE, SAMPLE_RATE)
+        self._audio = SampleBuffer(MAX_BUFFER_S * SAMPLE_RATE)
+        self._commit_start = 0
+        self._vad = models.vad.stream()
+        # Always fed, even in manual mode, so its clock stays the session's audio clock.
+        self._detector = TurnDetector(self.config.turn_detection or TurnDetectionConfig(), FRAME_MS)
+        self._frame_carry = np.zeros(0, dtype=np.float32)
+        self._turn: UserTurn | None = None
+        self._response: asyncio.Task | None = None
+        self._cancel_reason = "client_cancelled"
+        self._playback: Playback | None = None
+        self._background: set[asyncio.Task] = set()
+
+    # ----------------------------------------------------------------- configuration
+
+    def update_config(self, config: SessionConfig) -> None:
+        self.config = config
+        if config.turn_detection is not None:
+            self._detector.config = config.turn_detection
+        elif self._turn is not None:  # switching to manual mode abandons a VAD turn in progress
+            self._end_turn()
+            self._detector.reset()
+
+    # ----------------------------------------------------------------- input audio
+
+    async def append_audio(self, samples: np.ndarray) -> None:
+        audio = self._resampler.process(samples)
+        self._audio.append(audio)
+        frames = np.concatenate([self._frame_carry, audio])
+        usable = frames.size - frames.size % FRAME_SAMPLES
+        self._frame_carry = frames[usable:]
+        for offset in range(0, usable, FRAME_SAMPLES):
+            outcome = self._detector.process(self._vad.probability(frames[offset:offset + FRAME_SAMPLES]))
+            if self.config.turn_detection is None:
+                continue
+            if isinstance(outcome, SpeechStarted):
+                await self._on_speech_started(outcome.audio_start_ms)
+            elif isinstance(outcome, SpeechStopped):
+                await self._on_speech_stopped(outcome.audio_end_ms)
+
+    async def commit_audio(self) -> None:
+        end = self._audio.end
+        if (end - self._commit_start) * 1000 / SAMPLE_RATE < MIN_COMMIT_MS:
+            raise SessionError(f"the input audio buffer holds less than {MIN_COMMIT_MS} ms of audio", "input_audio_buffer_commit_empty")
+        turn = self._end_turn()
+        item_id = turn.item_id if turn else ev.new_id("item")
+        audio = self._audio.slice(self._commit_start, end)
+        self._detector.reset()
+        turn_detection = self.config.turn_detection
+        await self._commit(item_id, audio, end, {"committed": time.monotonic()},
+                           respond=turn_detection is not None and turn_detection.create_response)
+
+    async def clear_audio(self) -> None:
+        self._end_turn()
+        self._detector.reset()
+        self._commit_start = self._audio.end
+        self._audio.drop_before(self._commit_start)
+        await self.emit({"type": "input_audio_buffer.cleared"})
+
+    async def _on_speech_started(self, audio_start_ms: int) -> None:
+        turn_detection = self.config.turn_detection
+        start = max(self._commit_start, _ms_to_samples(audio_start_ms - turn_detection.prefix_padding_ms))
+        self._turn = UserTurn(ev.new_id("item"), start)
+        await self.emit({"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms, "item_id": self._turn.item_id})
+        if turn_detection.interrupt_response:
+            await self._interrupt("turn_detected")
+        if self.config.partial_transcripts:
+            self._turn.partials = asyncio.create_task(self._stream_partials(self._turn))
+
+    async def _on_speech_stopped(self, audio_end_ms: int) -> None:
+        marks = {"speech_stopped": time.monotonic()}
+        turn = self._end_turn()
+        if turn is None:
+            return
+        await self.emit({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": turn.item_id})
+        end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
+        audio = self._audio.slice(turn.start_sample, end)
+        await self._commit(turn.item_id, audio, end, marks, respond=self.config.turn_detection.create_response)
+
+    def _end_turn(self) -> UserTurn | None:
+        turn, self._turn = self._turn, None
+        if turn and turn.partials:
+            turn.partials.cancel()
+        return turn
+
+    async def _commit(self, item_id: str, audio: np.ndarray, end_sample: int, marks: dict[str, float], respond: bool) -> None:
+        self._commit_start = max(self._commit_start, end_sample)
+        self._audio.drop_before(self._commit_start)
+        item = ConversationItem(item_id, "user", status="in_progress", from_audio=True)
+        previous = self.conversation.add(item)
+        await self.emit({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
+        await self.emit({"type": "conversation.item.added", "previous_item_id": previous,
+                         "item": ev.user_item(item_id, transcript=None, status="in_progress")})
+        transcription = self._spawn(self._transcribe(item, audio, marks))
+        if respond and not self.response_active:
+            self._response = asyncio.create_task(self._respond(marks, after=transcription))
+
+    async def _transcribe(self, item: ConversationItem, audio: np.ndarray, marks: dict[str, float]) -> Transcript:
+        try:
+            transcript = await self.models.transcribe(audio)
+        except Exception as exc:
+            log.exception("transcription failed")
+            await self.emit({"type": "conversation.item.input_audio_transcription.failed", "item_id": item.id, "content_index": 0,
+                             "error": {"type": "server_error", "code": "transcription_failed", "message": str(exc)}})
+            transcript = Transcript("", audio.size / SAMPLE_RATE, rejected=f"transcription failed: {exc}")
+        marks["transcript_final"] = time.monotonic()
+        marks["asr_audio_s"] = transcript.audio_seconds
+        item.text, item.status = transcript.text, "completed"
+        await self.emit({"type": "conversation.item.input_audio_transcription.completed", "item_id": item.id, "content_index": 0,
+                         "transcript": transcript.text, "usage": {"type": "duration", "seconds": round(transcript.audio_seconds, 3)}})
+        await self.emit({"type": "conversation.item.done", "item": ev.user_item(item.id, transcript=transcript.text)})
+        return transcript
+
+    async def _stream_partials(self, turn: UserTurn) -> None:
+        """Transcribe the growing utterance and emit the words two passes agree on
+        (local agreement), so partials never take back what they said."""
+        previous: list[str] = []
+        emitted = 0
+        while True:
+            await asyncio.sleep(PARTIAL_INTERVAL_S)
+            # In a pause the turn may be ending; a pass now would only delay the final one.
+            if self._detector.silence_ms > 0:
+                continue
+            audio = self._audio.slice(turn.start_sample, self._audio.end)
+            if audio.size < MIN_PARTIAL_AUDIO_S * SAMPLE_RATE:
+                continue
+            words = (await self.models.transcribe(audio)).text.split()
+            stable = _agreed_prefix(previous, words)
+            previous = words
+            if stable > emitted:
+                delta = " ".join(words[emitted:stable])
+                await self.emit({"type": "conversation.item.input_audio_transcription.delta", "item_id": turn.item_id,
+                                 "content_index": 0, "delta": (" " if emitted else "") + delta})
+                emitted = stable
+
+    # ----------------------------------------------------------------- conversation
+
+    async def add_item(self, item: ConversationItem, wire_item: dict[str, Any]) -> None:
+        previous = self.conversation.add(item)
+        await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": wire_item})
+        await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": wire_item})
+
+    async def retrieve_item(self, item_id: str) -> None:
+        item = self._find(item_id)
+        if item.role == "assistant":
+            wire = ev.assistant_item(item.id, transcript=item.text, status=item.status)
+        elif item.from_audio:
+            wire = ev.user_item(item.id, transcript=item.text, status=item.status)
+        else:
+            wire = ev.message_item(item.id, item.role, item.text)
+        await self.emit({"type": "conversation.item.retrieved", "item": wire})
+
+    async def delete_item(self, item_id: str) -> None:
+        self._find(item_id)
+        self.conversation.delete(item_id)
+        await self.emit({"type": "conversation.item.deleted", "item_id": item_id})
+
+    async def truncate(self, item_id: str, content_index: int, audio_end_ms: int) -> None:
+        item = self._find(item_id)
+        if item.role != "assistant":
+            raise SessionError(f"item {item_id} is a {item.role} item; only assistant audio can be truncated", "invalid_value", "item_id")
+        if audio_end_ms > item.audio_ms + 1:
+            raise SessionError(f"audio_end_ms {audio_end_ms} is past the end of the item's audio ({item.audio_ms:.0f} ms)",
+                               "invalid_value", "audio_end_ms")
+        item.truncate(audio_end_ms)
+        await self.emit({"type": "conversation.item.truncated", "item_id": item_id, "content_index": content_index,
+                         "audio_end_ms": audio_end_ms})
+
+    def _find(self, item_id: str) -> ConversationItem:
+        item = self.conversation.get(item_id)
+        if item is None:
+            raise SessionError(f"no conversation item with id {item_id!r}", "item_not_found", "item_id")
+        return item
+
+    # ----------------------------------------------------------------- responses
+
+    @property
+    def response_active(self) -> bool:
+        return self._response is not None and not self._response.done()
+
+    async def create_response(self, instructions: str | None = None) -> None:
+        if self.response_active:
+            raise SessionError("a response is already in progress; cancel it first", "conversation_already_has_active_response")
+        config = self.config if instructions is None else replace(self.config, instructions=instructions)
+        self._response = asyncio.create_task(self._respond({"response_create": time.monotonic()}, config=config))
+
+    async def cancel_response(self) -> None:
+        if not self.response_active:
+            raise SessionError("there is no response in progress to cancel", "response_cancel_not_active")
+        await self._interrupt("client_cancelled")
+
+    async def _interrupt(self, reason: str) -> None:
+        """Stop the reply in flight, or cut the history of one the client is still playing."""
+        if self.response_active:
+            self._cancel_reason = reason
+            self._response.cancel()
+            await asyncio.gather(self._response, return_exceptions=True)
+            return
+        now = time.monotonic()
+        if self._playback and self._playback.playing(now):
+            self._playback.item.truncate(self._playback.heard_ms(now))
+
+    async def _respond(self, marks: dict[str, float], after: asyncio.Task | None = None, config: SessionConfig | None = None) -> None:
+        config = config or self.config
+        if after is not None and not (await after).text:
+            return  # nothing intelligible was said: no reply, as a person would not answer a cough
+        response_id = ev.new_id("resp")
+        item = ConversationItem(ev.new_id("item"), "assistant", status="in_progress")
+        playback = self._playback = Playback(item)
+        voice = config.voice or self.models.tts.default_voice
+        messages = self.conversation.chat_messages(config.instructions)
+        previous = self.conversation.add(item)
+        await self.emit({"type": "response.created", "response": ev.response_object(response_id, status="in_progress", voice=voice)})
+        await self.emit({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
+                         "item": ev.assistant_item(item.id)})
+        await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": ev.assistant_item(item.id)})
+        await self.emit(ev.audio_part_event("response.content_part.added", response_id, item.id, part={"type": "audio", "transcript": ""}))
+
+        status, reason, error = "completed", None, None
+        try:
+            async with aclosing(self.responder.respond(messages, config.generation, config.voice, marks)) as pieces:
+                async for piece in pieces:
+                    if piece.clause:
+                        await self.emit(ev.audio_part_event("response.output_audio_transcript.delta", response_id, item.id,
+                                                            delta=(" " if item.segments else "") + piece.clause))
+                        item.add_spoken(piece.clause, 0.0)
+                    await self._send_audio(response_id, playback, piece.audio, marks)
+        except asyncio.CancelledError:
+            status, reason = "cancelled", self._cancel_reason
+        except Exception as exc:
+            log.exception("response %s failed", response_id)
+            status, error = "failed", {"type": "server_error", "code": "response_failed", "message": str(exc)}
+
+        spoken = item.text
+        if status == "cancelled":
+            item.truncate(playback.heard_ms(time.monotonic()))
+        item.status = "completed" if status == "completed" else "incomplete"
+        wire_item = ev.assistant_item(item.id, transcript=item.text, status=item.status)
+        await self.emit(ev.audio_part_event("response.output_audio.done", response_id, item.id))
+        await self.emit(ev.audio_part_event("response.output_audio_transcript.done", response_id, item.id, transcript=spoken))
+        await self.emit(ev.audio_part_event("response.content_part.done", response_id, item.id, part={"type": "audio", "transcript": spoken}))
+        await self.emit({"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": wire_item})
+        await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": wire_item})
+        done = ev.response_object(response_id, status=status, output=[wire_item], status_reason=reason, voice=voice,
+                                  extension={"timings": _timings(marks), "audio_ms": round(item.audio_ms)})
+        if error:
+            done["status_details"] = {"type": "failed", "error": error}
+            await self.emit(ev.error(f"the response failed: {error['message']}", "response_failed", error_type="server_error"))
+        await self.emit({"type": "response.done", "response": done})
+
+    async def _send_audio(self, response_id: str, playback: Playback, audio: np.ndarray, marks: dict[str, float]) -> None:
+        for start in range(0, audio.size, DELTA_SAMPLES):
+            piece = audio[start:start + DELTA_SAMPLES]
+            now = time.monotonic()
+            if "first_audio_sent" not in marks:
+                marks["first_audio_sent"] = now
+            if playback.chunks:
+                ahead_s = playback.sent_ms / 1000 - (BURST_S + PACE * (now - playback.chunks[0][0]))
+                if ahead_s > 0:
+                    await asyncio.sleep(ahead_s / PACE)
+            await self.emit(ev.audio_part_event("response.output_audio.delta", response_id, playback.item.id,
+                                                delta=encode_base64_pcm16(piece)))
+            duration_ms = 1000 * piece.size / WIRE_RATE
+            playback.sent(time.monotonic(), duration_ms)
+            playback.item.segments[-1].end_ms += duration_ms
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop everything this session started; the model threads finish their current step."""
+        self._end_turn()
+        tasks = [t for t in (self._response, *self._background) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _ms_to_samples(ms: float) -> int:
+    return max(0, int(ms * SAMPLE_RATE / 1000))
+
+
+_NON_WORD = re.compile(r"[^\w']")
+
+
+def _agreed_prefix(a: list[str], b: list[str]) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if _NON_WORD.sub("", x.lower()) != _NON_WORD.sub("", y.lower()):
+            break
+        count += 1
+    return count
+
+
+_MONOTONIC_TO_UNIX = time.time() - time.monotonic()
+
+
+def _timings(marks: dict[str, float]) -> dict[str, float | str | None]:
+    """Stage times in ms after the turn's reference point: the end of the user's speech as the
+    VAD confirmed it, or the commit / response.create that started the reply."""
+    reference_name = next((name for name in ("speech_stopped", "committed", "response_create") if name in marks), None)
+    reference = marks.get(reference_name, 0.0)
+    timings: dict[str, float | str | None] = {
+        "reference": reference_name,
+        "reference_unix": round(reference + _MONOTONIC_TO_UNIX, 4) if reference_name else None,
+    }
+    for name in ("transcript_final", "llm_first_token", "tts_first_audio", "first_audio_sent", "llm_done"):
+        timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1) if name in marks else None
+    if "asr_audio_s" in marks:
+        timings["asr_audio_s"] = round(marks["asr_audio_s"], 3)
+    return timings
