@@ -305,7 +305,8 @@ class VoiceSession:
 
     async def _respond(self, marks: dict[str, float], after: asyncio.Task | None = None, config: SessionConfig | None = None) -> None:
         config = config or self.config
-        if after is not None and not (await after).text:
+        # Shielded: a barge-in cancels this reply, never the transcript of what the user said.
+        if after is not None and not (await asyncio.shield(after)).text:
             return  # nothing intelligible was said: no reply, as a person would not answer a cough
         response_id = ev.new_id("resp")
         item = ConversationItem(ev.new_id("item"), "assistant", status="in_progress")
@@ -313,14 +314,16 @@ class VoiceSession:
         voice = config.voice or self.models.tts.default_voice
         messages = self.conversation.chat_messages(config.instructions)
         previous = self.conversation.add(item)
-        await self.emit({"type": "response.created", "response": ev.response_object(response_id, status="in_progress", voice=voice)})
-        await self.emit({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
-                         "item": ev.assistant_item(item.id)})
-        await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": ev.assistant_item(item.id)})
-        await self.emit(ev.audio_part_event("response.content_part.added", response_id, item.id, part={"type": "audio", "transcript": ""}))
-
         status, reason, error = "completed", None, None
         try:
+            # Everything after response.created sits inside the try: whenever a cancel lands,
+            # the client still gets the response's closing events.
+            await self.emit({"type": "response.created", "response": ev.response_object(response_id, status="in_progress", voice=voice)})
+            await self.emit({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
+                             "item": ev.assistant_item(item.id)})
+            await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": ev.assistant_item(item.id)})
+            await self.emit(ev.audio_part_event("response.content_part.added", response_id, item.id,
+                                                part={"type": "audio", "transcript": ""}))
             async with aclosing(self.responder.respond(messages, config.generation, config.voice, marks)) as pieces:
                 async for piece in pieces:
                     if piece.clause:
@@ -329,6 +332,7 @@ class VoiceSession:
                         item.add_spoken(piece.clause, 0.0)
                     await self._send_audio(response_id, playback, piece.audio, marks)
         except asyncio.CancelledError:
+            asyncio.current_task().uncancel()
             status, reason = "cancelled", self._cancel_reason
         except Exception as exc:
             log.exception("response %s failed", response_id)
