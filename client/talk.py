@@ -76,21 +76,7 @@ async def talk_file(input_path: Path, url: str, console: Console | None = None, 
         if instructions:
             await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": instructions}})
         sent_all = asyncio.Event()
-
-        async def stream_microphone() -> None:
-            block = int(CHUNK_S * WIRE_RATE)
-            start = time.monotonic()
-            sent = 0
-            silence = np.zeros(block, dtype=np.float32)
-            while True:
-                chunk = speech[sent:sent + block] if sent < speech.size else silence
-                await client.append_audio(chunk)
-                sent += block
-                if sent >= speech.size + trailing_silence_s * WIRE_RATE:
-                    sent_all.set()
-                await asyncio.sleep(max(0.0, start + sent / WIRE_RATE - time.monotonic()))
-
-        microphone = asyncio.create_task(stream_microphone())
+        microphone = asyncio.create_task(stream_like_a_microphone(client, speech, trailing_silence_s, sent_all))
         deadline = time.monotonic() + speech.size / WIRE_RATE + timeout_s
         try:
             async for event in _events_until_quiet(client, tracker, sent_all, deadline):
@@ -99,6 +85,23 @@ async def talk_file(input_path: Path, url: str, console: Console | None = None, 
             microphone.cancel()
             await asyncio.gather(microphone, return_exceptions=True)
     return result
+
+
+async def stream_like_a_microphone(client: RealtimeClient, speech: np.ndarray, trailing_silence_s: float = 1.0,
+                                   sent_all: asyncio.Event | None = None) -> None:
+    """Send 24 kHz audio in 40 ms blocks at real-time pace, then silence for as long as the
+    task runs, the way a live microphone keeps sending after the user stops talking.
+    `sent_all` is set once the speech and `trailing_silence_s` of silence are out."""
+    block = int(CHUNK_S * WIRE_RATE)
+    silence = np.zeros(block, dtype=np.float32)
+    start = time.monotonic()
+    sent = 0
+    while True:
+        await client.append_audio(speech[sent:sent + block] if sent < speech.size else silence)
+        sent += block
+        if sent_all is not None and sent >= speech.size + trailing_silence_s * WIRE_RATE:
+            sent_all.set()
+        await asyncio.sleep(max(0.0, start + sent / WIRE_RATE - time.monotonic()))
 
 
 async def _events_until_quiet(client: RealtimeClient, tracker: _TurnTracker, sent_all: asyncio.Event, deadline: float):

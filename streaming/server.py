@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import mimetypes
+import os
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -58,7 +59,7 @@ class VoxloopServer:
             return None  # websocket handshake; websockets answers 426 to plain HTTP itself
         if path == "/health":
             body = {"status": "ok", "sessions": len(self.connections), "threads": threading.active_count(),
-                    "tasks": len(asyncio.all_tasks()), "model": self.model_name}
+                    "tasks": len(asyncio.all_tasks()), "rss_mb": round(_rss_mb(), 1), "model": self.model_name}
             return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
         return self._static(path)
 
@@ -70,6 +71,14 @@ class VoxloopServer:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         return _response(HTTPStatus.OK, target.read_bytes(), content_type)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux
+        return float("nan")
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

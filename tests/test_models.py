@@ -1,0 +1,121 @@
+"""The embedded models, each run for real on the shared speech clips."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import numpy as np
+import pytest
+
+from voxloop.bench.wer import word_error_rate
+from voxloop.codecs.audiofile import load_audio
+from voxloop.voice.asr import Transcript, WhisperTranscriber, hallucination_reason
+from voxloop.voice.errors import ModelNotFoundError
+from voxloop.voice.llm import GenerationSettings, LlamaCppLLM
+from voxloop.voice.tts import OUTPUT_RATE, PiperSynthesizer
+from voxloop.voice.turns import SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
+from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SileroVAD
+
+pytestmark = pytest.mark.models
+
+# tiny.en with greedy decoding on these clean clips; the bound leaves room for a word or two.
+WER_BOUND = 0.25
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return WhisperTranscriber()
+
+
+@pytest.fixture(scope="module")
+def llm():
+    model = LlamaCppLLM()
+    yield model
+    model.close()
+
+
+def test_silero_separates_speech_from_silence_and_the_turn_detector_finds_the_turn(clips):
+    clip = clips["arctic_a0039_1592747680"]  # silence-trimmed: speech from the first to the last sample
+    speech = load_audio(clip.path, 16000)
+    audio = np.concatenate([np.zeros(16000, np.float32), speech, np.zeros(16000, np.float32)])
+    stream = SileroVAD().stream()
+    detector = TurnDetector(TurnDetectionConfig(silence_duration_ms=500), FRAME_MS)
+    events = []
+    for i in range(0, audio.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        if event := detector.process(stream.probability(audio[i:i + FRAME_SAMPLES])):
+            events.append(event)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
+    speech_end_ms = 1000 + 1000 * speech.size / 16000
+    assert abs(events[0].audio_start_ms - 1000) < 200
+    assert abs(events[1].audio_end_ms - speech_end_ms) < 300
+
+
+@pytest.mark.parametrize("name", ["jfk", "arctic_a0039_1592747680", "p301_102", "1089-134691-0001"])
+def test_whisper_transcribes_real_speech(whisper, clips, name):
+    clip = clips[name]
+    transcript = whisper.transcribe(load_audio(clip.path, 16000))
+    assert transcript.rejected is None
+    assert word_error_rate(clip.transcript, transcript.text) <= WER_BOUND, transcript.text
+
+
+def test_whisper_says_nothing_on_silence_and_noise(whisper):
+    rng = np.random.default_rng(0)
+    assert whisper.transcribe(np.zeros(16000 * 2, np.float32)).text == ""
+    assert whisper.transcribe((0.01 * rng.standard_normal(16000 * 2)).astype(np.float32)).text == ""
+
+
+def test_hallucination_guard_keeps_a_confident_thank_you():
+    assert hallucination_reason(Transcript("Thank you.", 1.0, no_speech_prob=0.05, avg_logprob=-0.2)) is None
+    assert hallucination_reason(Transcript("Thank you.", 1.0, no_speech_prob=0.5, avg_logprob=-0.9)) is not None
+    assert hallucination_reason(Transcript("the the the the the the the the", 1.0)) == "repetition loop"
+
+
+def test_missing_models_give_clear_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        WhisperTranscriber(str(tmp_path / "no-such-whisper"))
+    with pytest.raises(ModelNotFoundError, match="no model.bin"):
+        WhisperTranscriber(str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        LlamaCppLLM(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        PiperSynthesizer(str(tmp_path / "missing.onnx"))
+
+
+def test_llm_streams_tokens_and_stops_when_closed(llm):
+    async def run():
+        messages = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+        pieces = []
+        async with aclosing(llm.stream(messages, GenerationSettings(max_tokens=200))) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                if len(pieces) == 5:
+                    break
+        # The worker must be free again at once: the next generation starts promptly.
+        start = time.perf_counter()
+        async with aclosing(llm.stream(messages, GenerationSettings(max_tokens=1))) as stream:
+            first = [piece async for piece in stream]
+        return pieces, first, time.perf_counter() - start
+
+    pieces, first, restart_s = asyncio.run(run())
+    assert len(pieces) == 5 and "".join(pieces).strip()
+    assert first
+    # 200 tokens take seconds; a worker still busy with them would show here.
+    assert restart_s < 2.0
+
+
+def test_piper_speaks_at_the_protocol_rate():
+    tts = PiperSynthesizer()
+
+    async def run():
+        async with aclosing(tts.synthesize("Hello, how can I help you today?")) as chunks:
+            return [chunk async for chunk in chunks]
+
+    chunks = asyncio.run(run())
+    audio = np.concatenate(chunks)
+    seconds = audio.size / OUTPUT_RATE
+    assert audio.dtype == np.float32
+    assert 1.0 < seconds < 5.0  # eight words of speech
+    assert np.sqrt(np.mean(audio ** 2)) > 0.01
+    assert tts.default_voice == "en_US-joe-medium"
