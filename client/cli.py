@@ -24,8 +24,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-model", default="default", help="model name to send to --llm-url")
     group.add_argument("--llm-api-key-env", default="VOXLOOP_LLM_API_KEY", help="environment variable holding the --llm-url API key")
     group.add_argument("--llm-gpu-layers", type=int, default=0, help="llama.cpp layers to offload to the GPU (-1: all)")
-    group.add_argument("--tts", default="piper", choices=["piper"], help="TTS backend (default: piper)")
+    group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
+    group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")
+    group.add_argument("--xtts-device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
+    group.add_argument("--xtts-language", default="en", help="XTTS language code (default: en)")
+    group.add_argument("--xtts-voice", help="default XTTS voice: a built-in speaker name or a reference wav to clone")
     group.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
 
 
@@ -35,7 +39,8 @@ def _model_options(args: argparse.Namespace):
     return ModelOptions(asr_model=args.asr_model, asr_device=args.asr_device, asr_compute_type=args.asr_compute_type,
                         llm_gguf=args.llm_gguf, llm_url=args.llm_url, llm_model=args.llm_model,
                         llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers, tts=args.tts,
-                        piper_voice=args.piper_voice, threads=args.threads)
+                        piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
+                        xtts_language=args.xtts_language, xtts_voice=args.xtts_voice, threads=args.threads)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,11 +81,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _talk(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        from voxloop.client.mic_cli import print_devices
+
+        return print_devices(Console())
+    if not args.input:
+        from voxloop.client.audio_io import parse_device
+        from voxloop.client.mic import LiveOptions
+        from voxloop.client.mic_cli import run_live_talk
+
+        if args.output:
+            Console(stderr=True).print("[bold red]--output needs --input (live replies go to the speaker)[/]")
+            return 2
+        options = LiveOptions(aec=not args.no_aec, noise_suppression=not args.no_noise_suppression,
+                              half_duplex=args.half_duplex, push_to_talk=args.push_to_talk, instructions=args.instructions)
+        return run_live_talk(args.url, options, parse_device(args.input_device), parse_device(args.output_device))
     from voxloop.client.talk import run_talk
 
-    if not args.input:
-        Console(stderr=True).print("[bold red]--input is required (live microphone mode is not built yet)[/]")
-        return 2
     return run_talk(args.input, args.output, args.url, args.instructions)
 
 
@@ -101,11 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--output", help="where to write the assistant's reply audio (WAV)")
     talk.add_argument("--url", default=DEFAULT_URL, help=f"server websocket URL (default: {DEFAULT_URL})")
     talk.add_argument("--instructions", help="system prompt for this conversation")
+    live = talk.add_argument_group("live microphone mode (without --input)")
+    live.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
+    live.add_argument("--input-device", help="microphone: index from --list-devices or part of its name (default: system default)")
+    live.add_argument("--output-device", help="speaker: index from --list-devices or part of its name (default: system default)")
+    live.add_argument("--no-aec", action="store_true", help="no echo cancellation (fine with headphones)")
+    live.add_argument("--no-noise-suppression", action="store_true", help="no noise suppression on the microphone")
+    live.add_argument("--half-duplex", action="store_true", help="mute the microphone while the assistant speaks (no barge-in)")
+    live.add_argument("--push-to-talk", action="store_true", help="no voice detection: space starts your turn, space again sends it")
     talk.set_defaults(run=_talk)
+    # Listed for --help; main() hands `voxloop bench ...` to voxloop.bench.cli before parsing.
+    commands.add_parser("bench", add_help=False, help="measure voice-to-voice latency (voxloop bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its options are its own; argparse would claim the leading ones
+        from voxloop.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,188 @@
+"""`voxloop bench`: voice-to-voice latency, per stage, over the real protocol.
+
+It starts the servers it measures (or uses `--url`), speaks the shared clips to them paced in
+real time, and writes raw JSON, a Markdown summary and plots. With two variants (`--compare`)
+the turns alternate between them, so machine noise falls on both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from voxloop.bench import report
+from voxloop.bench.server_process import ServerProcess, start_server
+from voxloop.bench.speech import load_clips
+from voxloop.bench.turns import PacedMicrophone, TurnMeasurement, run_session, speak_turn
+from voxloop.client.realtime_client import RealtimeClient
+
+
+@dataclass
+class Variant:
+    name: str
+    serve_args: list[str]
+    url: str | None = None
+    server: ServerProcess | None = None
+
+
+def parse_variant(spec: str) -> Variant:
+    name, _, args = spec.partition("=")
+    return Variant(name.strip() or "default", shlex.split(args))
+
+
+async def _interleaved(variants: list[Variant], clips, turns: int, bar: tqdm) -> list[TurnMeasurement]:
+    """One conversation per variant, all open at once; turn i goes to each variant in an order
+    that alternates, so neither always runs first."""
+    results: list[TurnMeasurement] = []
+    clients = [RealtimeClient(v.url) for v in variants]
+    mics = []
+    try:
+        for client in clients:
+            await client.__aenter__()
+            mic = PacedMicrophone(client)
+            mic.start()
+            mics.append(mic)
+        for index in range(turns):
+            clip = clips[index % len(clips)]
+            order = list(range(len(variants)))
+            if index % 2:
+                order.reverse()
+            for v in order:
+                turn = await speak_turn(clients[v], mics[v], clip, variants[v].name, 0, cancel_after_first_audio=True)
+                results.append(turn)
+                bar.set_postfix_str(f"{turn.variant} {clip.name}: "
+                                    + ("no reply" if turn.voice_to_voice_ms is None else f"{turn.voice_to_voice_ms:.0f} ms"))
+                bar.update()
+    finally:
+        for mic in mics:
+            await mic.stop()
+        for client in clients:
+            await client.__aexit__(None, None, None)
+    return results
+
+
+async def _concurrent(variant: Variant, clips, sessions: int, turns_per_session: int, bar: tqdm) -> list[TurnMeasurement]:
+    def tick(turn: TurnMeasurement) -> None:
+        bar.update()
+
+    async def one(index: int):
+        await asyncio.sleep(index * 0.7)  # people do not all stop talking in the same instant
+        start = (index * turns_per_session) % len(clips)
+        chosen = [clips[(start + k) % len(clips)] for k in range(turns_per_session)]
+        return await run_session(variant.url, chosen, f"{variant.name} x{sessions}", index, on_turn=tick)
+
+    per_session = await asyncio.gather(*(one(i) for i in range(sessions)))
+    return [turn for session in per_session for turn in session]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxloop bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="measure a running server instead of starting one")
+    parser.add_argument("--serve-args", default="", help="arguments for the server this command starts, e.g. '--asr-model small.en'")
+    parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS", help="two server variants, interleaved turn by turn")
+    parser.add_argument("--turns", type=int, default=32, help="turns per variant at one session (default: 32, one per clip)")
+    parser.add_argument("--sessions", default="1,2,4", help="concurrency sweep, sessions at once (default: 1,2,4; 0 to skip)")
+    parser.add_argument("--sweep-turns", type=int, default=5, help="turns per session in the concurrency sweep")
+    parser.add_argument("--no-rtf", action="store_true", help="skip the in-process real-time-factor pass")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 6 turns, sweep 1,2 with 2 turns each")
+    parser.add_argument("--out", type=Path, help="output folder (default: bench/out/<time>)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.turns, args.sessions, args.sweep_turns = 6, "1,2", 2
+
+    out = args.out or Path("bench/out") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    clips = load_clips()
+    if args.compare:
+        variants = [parse_variant(spec) for spec in args.compare]
+    else:
+        variants = [Variant("voxloop" if not args.serve_args else args.serve_args, shlex.split(args.serve_args), args.url)]
+
+    try:
+        for variant in variants:
+            if variant.url is None:
+                print(f"starting server {variant.name!r}: voxloop serve {' '.join(variant.serve_args)}", flush=True)
+                variant.server = start_server(variant.serve_args, out, name=variant.name.replace(" ", "_").replace("/", "_"))
+                variant.url = variant.server.ws_url
+        results = _run(args, variants, clips, out)
+    finally:
+        for variant in variants:
+            if variant.server:
+                variant.server.stop()
+    print((out / "summary.md").read_text())
+    print(f"raw measurements, summary and plots in {out}/")
+    return 0 if results else 1
+
+
+def _run(args, variants: list[Variant], clips, out: Path) -> dict:
+    started = time.time()
+    sweep = [int(n) for n in args.sessions.split(",") if int(n) > 0]
+    total = args.turns * len(variants) + sum(n * args.sweep_turns for n in sweep if n > 1)
+    with tqdm(total=total, desc="turns", unit="turn") as bar:
+        main_turns = asyncio.run(_interleaved(variants, clips, args.turns, bar))
+        sweep_turns = {1: [t for t in main_turns if t.variant == variants[0].name]}
+        for sessions in sweep:
+            if sessions > 1:
+                sweep_turns[sessions] = asyncio.run(_concurrent(variants[0], clips, sessions, args.sweep_turns, bar))
+
+    by_variant = {v.name: [t for t in main_turns if t.variant == v.name] for v in variants}
+    summaries = {name: report.summarize(turns) for name, turns in by_variant.items()}
+    sweep_summaries = {f"{variants[0].name} x{n}": {**report.summarize(turns), "sessions": n} for n, turns in sweep_turns.items()}
+
+    rtf = None
+    if not args.no_rtf and variants[0].server is not None:
+        rtf = _stage_rtf(variants[0].serve_args, clips)
+
+    ratios = None
+    if len(variants) == 2:
+        a, b = (summaries[v.name]["voice_to_voice_ms"] for v in variants)
+        ratios = {q: (b[q] / a[q] if a[q] and b[q] else None) for q in ("p50", "p95")}
+
+    results = {"machine": report.machine_description(), "started_unix": started, "duration_s": time.time() - started,
+               "variants": {v.name: v.serve_args for v in variants}, "summaries": summaries, "sweep": sweep_summaries,
+               "stage_rtf": rtf, "ratios_second_over_first": ratios,
+               "turns": [t.to_dict() for t in main_turns] + [t.to_dict() for n, ts in sweep_turns.items() if n > 1 for t in ts]}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    report.plot_cdf({**by_variant, **{f"{variants[0].name} x{n}": ts for n, ts in sweep_turns.items() if n > 1}},
+                    out / "latency_cdf.png", "Voice-to-voice latency")
+    report.plot_stages({**summaries, **{k: v for k, v in sweep_summaries.items() if v["sessions"] > 1}},
+                       out / "stages.png", "Where the time goes (medians)")
+    (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants))
+    return results
+
+
+def _stage_rtf(serve_args: list[str], clips) -> dict:
+    from voxloop.bench.stage_rtf import PROMPTS, measure_stage_rtf
+    from voxloop.client.cli import build_parser, _model_options
+    from voxloop.voice.models import load_cascade
+
+    options = _model_options(build_parser().parse_args(["serve", *serve_args]))
+    models = load_cascade(options)
+    with tqdm(total=len(clips) + len(PROMPTS), desc="stage RTF", unit="item") as bar:
+        return measure_stage_rtf(models, clips, progress=bar.update)
+
+
+def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants) -> str:
+    parts = [f"Machine: {results['machine']}", "",
+             "Voice-to-voice latency: the first audible sample of the reply (as a client that plays deltas on arrival "
+             "would hear it) minus the true end of speech in the clip (offline VAD + energy, cached). "
+             "Every turn streams a real clip in 20 ms blocks paced in real time.", "",
+             report.markdown_table(summaries), "", "Stages (median ms after the true end of speech):", "",
+             report.stage_table(summaries)]
+    if ratios:
+        parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): "
+                  + ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratios.items())]
+    if len(sweep_summaries) > 1:
+        parts += ["", "Concurrency sweep (sessions talking at once to one server):", "", report.markdown_table(sweep_summaries)]
+    if rtf:
+        parts += ["", "Real-time factor per stage (compute time / audio duration, in-process, same models):", "",
+                  "| stage | median RTF | p95 RTF |", "|---|---|---|"]
+        parts += [f"| {stage} | {v['median']:.3f} | {v['p95']:.3f} |" for stage, v in rtf.items()]
+    return "\n".join(parts) + "\n"

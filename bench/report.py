@@ -1,0 +1,120 @@
+"""Summaries of benchmark measurements: percentiles, Markdown, and plots."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from voxloop.bench.turns import TurnMeasurement
+
+STAGES = [("end_of_turn_ms", "end-of-turn wait"), ("asr_ms", "ASR final"), ("llm_ms", "LLM first token"),
+          ("tts_ms", "TTS first audio"), ("send_ms", "server send"), ("transport_ms", "transport"),
+          ("lead_in_ms", "silence before first audible sample")]
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "mean": None}
+    array = np.asarray(values, dtype=float)
+    return {"n": int(array.size), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)),
+            "p99": float(np.percentile(array, 99)), "mean": float(array.mean())}
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    gpu = "none"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, GPU: {gpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def summarize(turns: list[TurnMeasurement]) -> dict:
+    ok = [t for t in turns if t.voice_to_voice_ms is not None]
+    summary = {"turns": len(turns), "answered": len(ok), "voice_to_voice_ms": percentiles([t.voice_to_voice_ms for t in ok]),
+               "wer": float(np.mean([t.wer for t in turns if t.wer is not None])) if turns else None, "stages": {}}
+    for key, _ in STAGES:
+        summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def markdown_table(summaries: dict[str, dict]) -> str:
+    lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        v = s["voice_to_voice_ms"]
+        lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
+                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {s['wer']:.3f} |")
+    return "\n".join(lines)
+
+
+def stage_table(summaries: dict[str, dict]) -> str:
+    names = list(summaries)
+    lines = ["| stage (median ms) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, label in STAGES:
+        lines.append(f"| {label} | " + " | ".join(_fmt(summaries[n]["stages"][key]["p50"]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def plot_cdf(groups: dict[str, list[TurnMeasurement]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, turns in groups.items():
+        values = np.sort([t.voice_to_voice_ms for t in turns if t.voice_to_voice_ms is not None])
+        if values.size:
+            ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=f"{name} (p50 {np.median(values):.0f} ms)")
+    ax.axvline(300, color="grey", linestyle=":", linewidth=1)
+    ax.text(305, 0.03, "300 ms", color="grey", fontsize=8)
+    ax.set_xlabel("voice-to-voice latency (ms), true end of speech → first audible reply sample")
+    ax.set_ylabel("fraction of turns")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_stages(summaries: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summaries)
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.5 * len(names)))
+    left = np.zeros(len(names))
+    colors = plt.get_cmap("tab10").colors
+    for index, (key, label) in enumerate(STAGES):
+        widths = np.array([summaries[n]["stages"][key]["p50"] or 0.0 for n in names])
+        ax.barh(names, widths, left=left, color=colors[index % len(colors)], label=label)
+        left += np.maximum(widths, 0)
+    ax.set_xlabel("median ms after the true end of speech")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

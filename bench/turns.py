@@ -1,0 +1,203 @@
+"""Driving a server through spoken turns, over the same websocket protocol a real client uses,
+and timing each turn from the true end of speech to the first audible sample of the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from voxloop.bench.speech import Clip
+from voxloop.bench.speech_end import speech_end
+from voxloop.bench.wer import word_error_rate
+from voxloop.client.realtime_client import RealtimeClient
+from voxloop.codecs.audiofile import load_audio
+from voxloop.codecs.pcm import pcm16_to_float
+
+RATE = 24000
+BLOCK_S = 0.02  # a 20 ms microphone block
+AUDIBLE_WINDOW = RATE // 100  # 10 ms
+AUDIBLE_FLOOR = 10 ** (-45 / 20)  # -45 dBFS RMS over 10 ms
+TURN_TIMEOUT_S = 45.0
+
+
+@dataclass
+class TurnMeasurement:
+    clip: str
+    variant: str
+    session: int
+    clip_s: float
+    speech_end_s: float
+    voice_to_voice_ms: float | None = None
+    # stages, in ms, adding up to voice_to_voice_ms
+    end_of_turn_ms: float | None = None
+    asr_ms: float | None = None
+    llm_ms: float | None = None
+    tts_ms: float | None = None
+    send_ms: float | None = None
+    transport_ms: float | None = None
+    lead_in_ms: float | None = None
+    transcript: str = ""
+    reference: str = ""
+    wer: float | None = None
+    reply: str = ""
+    error: str | None = None
+    server_timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PacedMicrophone:
+    """Sends 20 ms blocks at real-time pace, silence when there is nothing to say, and records
+    when each sample would have been spoken (a real mic sends a block once it is captured)."""
+
+    def __init__(self, client: RealtimeClient):
+        self.client = client
+        self._pending: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def say(self, audio: np.ndarray) -> float:
+        """Queue speech; returns the wall-clock time (time.time()) its first sample is spoken."""
+        spoken = asyncio.get_running_loop().create_future()
+        await self._pending.put((audio, spoken))
+        return await spoken
+
+    async def _run(self) -> None:
+        block = int(BLOCK_S * RATE)
+        silence = np.zeros(block, dtype=np.float32)
+        start = time.monotonic()
+        sent_blocks = 0
+        audio, offset = None, 0
+        while True:
+            if audio is None and not self._pending.empty():
+                audio, spoken = self._pending.get_nowait()
+                offset = 0
+                # Sent at the end of its capture: the first sample was spoken one block earlier.
+                spoken.set_result(time.time() + max(0.0, start + sent_blocks * BLOCK_S - time.monotonic()) - BLOCK_S)
+            if audio is not None:
+                chunk = audio[offset:offset + block]
+                if chunk.size < block:
+                    chunk = np.concatenate([chunk, silence[: block - chunk.size]])
+                offset += block
+                if offset >= audio.size:
+                    audio = None
+            else:
+                chunk = silence
+            await asyncio.sleep(max(0.0, start + sent_blocks * BLOCK_S - time.monotonic()))
+            await self.client.append_audio(chunk)
+            sent_blocks += 1
+
+
+def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
+    """(time the first audible sample plays, its arrival time), for a client that plays each
+    delta on arrival or right after the previous one, whichever is later."""
+    play_end = 0.0
+    for arrival, audio in deltas:
+        play_start = max(arrival, play_end)
+        usable = audio.size - audio.size % AUDIBLE_WINDOW
+        if usable:
+            rms = np.sqrt(np.mean(audio[:usable].reshape(-1, AUDIBLE_WINDOW) ** 2, axis=1))
+            loud = np.nonzero(rms > AUDIBLE_FLOOR)[0]
+            if loud.size:
+                return play_start + loud[0] * AUDIBLE_WINDOW / RATE, arrival
+        play_end = play_start + audio.size / RATE
+    return None
+
+
+async def run_session(url: str, clips: list[Clip], variant: str, session_index: int,
+                      session_update: dict | None = None, on_turn=None, cancel_after_first_audio: bool = True) -> list[TurnMeasurement]:
+    """One conversation: the clips are spoken one after another, each after the previous reply."""
+    results = []
+    async with RealtimeClient(url) as client:
+        if session_update:
+            await client.send({"type": "session.update", "session": session_update})
+        mic = PacedMicrophone(client)
+        mic.start()
+        try:
+            for clip in clips:
+                measurement = await speak_turn(client, mic, clip, variant, session_index, cancel_after_first_audio)
+                results.append(measurement)
+                if on_turn:
+                    on_turn(measurement)
+        finally:
+            await mic.stop()
+    return results
+
+
+async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, variant: str, session_index: int,
+                    cancel_after_first_audio: bool) -> TurnMeasurement:
+    audio = load_audio(clip.path, RATE)
+    end_s = speech_end(clip)
+    turn = TurnMeasurement(clip.name, variant, session_index, clip.duration_s, end_s, reference=clip.transcript)
+    spoken_at = asyncio.create_task(mic.say(audio))
+    transcripts: list[str] = []
+    deltas: dict[str, list[tuple[float, np.ndarray]]] = {}
+    answering: str | None = None
+    true_end_unix = None
+    # The reply to this turn is created after its final transcript, so after the true end of
+    # speech; replies to earlier pieces of the clip (cut off by its own pauses) are older.
+    replies_after_end: set[str] = set()
+    try:
+        async with asyncio.timeout(TURN_TIMEOUT_S + clip.duration_s):
+            while True:
+                event = await client.recv(timeout=0.5)
+                if true_end_unix is None and spoken_at.done():
+                    true_end_unix = spoken_at.result() + end_s
+                if event is None:
+                    continue
+                kind = event["type"]
+                now = time.time()
+                if kind == "conversation.item.input_audio_transcription.completed" and event["transcript"]:
+                    transcripts.append(event["transcript"])
+                elif kind == "response.created" and true_end_unix is not None and now > true_end_unix:
+                    replies_after_end.add(event["response"]["id"])
+                elif kind == "response.output_audio.delta":
+                    deltas.setdefault(event["response_id"], []).append((now, pcm16_to_float(base64.b64decode(event["delta"]))))
+                    if answering is None and event["response_id"] in replies_after_end:
+                        played = first_audible_play_time(deltas[event["response_id"]])
+                        if played:
+                            answering = event["response_id"]
+                            if cancel_after_first_audio:
+                                await client.send({"type": "response.cancel"})
+                elif kind == "response.output_audio_transcript.delta" and event["response_id"] == answering:
+                    turn.reply += event["delta"]
+                elif kind == "response.done" and event["response"]["id"] == answering:
+                    _fill(turn, event["response"], deltas[answering], true_end_unix)
+                    break
+                elif kind == "error" and event["error"]["code"] != "response_cancel_not_active":
+                    turn.error = event["error"]["message"]
+    except TimeoutError:
+        turn.error = "no audible reply before the timeout"
+    turn.transcript = " ".join(transcripts)
+    turn.wer = word_error_rate(clip.transcript, turn.transcript)
+    await asyncio.sleep(0.3)  # let the conversation settle before the next turn
+    return turn
+
+
+def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.ndarray]], true_end_unix: float) -> None:
+    timings = (response.get("voxloop") or {}).get("timings") or {}
+    turn.server_timings = timings
+    played, first_arrival = first_audible_play_time(deltas)
+    turn.voice_to_voice_ms = 1000 * (played - true_end_unix)
+    reference = timings.get("reference_unix")
+    if reference is None or timings.get("first_audio_sent_ms") is None:
+        return
+    marks = [reference - true_end_unix]
+    for name in ("transcript_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_sent_ms"):
+        marks.append(reference - true_end_unix + timings[name] / 1000)
+    marks += [first_arrival - true_end_unix, played - true_end_unix]
+    stages = np.diff([0.0, *marks]) * 1000
+    (turn.end_of_turn_ms, turn.asr_ms, turn.llm_ms, turn.tts_ms, turn.send_ms, turn.transport_ms, turn.lead_in_ms) = \
+        (round(float(s), 1) for s in stages)
