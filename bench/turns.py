@@ -198,6 +198,8 @@ def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.nd
     for name in ("transcript_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_sent_ms"):
         marks.append(reference - true_end_unix + timings[name] / 1000)
     marks += [first_arrival - true_end_unix, played - true_end_unix]
-    stages = np.diff([0.0, *marks]) * 1000
+    # Speculative work can finish before the turn is confirmed; on the critical path a stage
+    # that was already done costs nothing, so stages are measured between running maxima.
+    stages = np.diff(np.maximum.accumulate([0.0, *marks])) * 1000
     (turn.end_of_turn_ms, turn.asr_ms, turn.llm_ms, turn.tts_ms, turn.send_ms, turn.transport_ms, turn.lead_in_ms) = \
         (round(float(s), 1) for s in stages)

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 
 from rich.console import Console
 
 from voxloop.client.realtime_client import DEFAULT_URL
+from voxloop.voice.turns import TurnDetectionConfig
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -19,6 +21,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--asr-model", help="faster-whisper model name or CTranslate2 directory (default: bundled tiny.en)")
     group.add_argument("--asr-device", default="cpu", help="cpu or cuda (default: cpu)")
     group.add_argument("--asr-compute-type", default="int8", help="CTranslate2 compute type (default: int8)")
+    group.add_argument("--asr-window", type=float, default=10.0, metavar="SECONDS",
+                       help="encode the utterance plus this much silence instead of Whisper's 30 s window "
+                            "(default: 10; 0 for the standard 30 s window)")
     group.add_argument("--llm-gguf", help="path to a GGUF chat model (default: bundled SmolLM2-135M-Instruct)")
     group.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp server, Ollama)")
     group.add_argument("--llm-model", default="default", help="model name to send to --llm-url")
@@ -37,6 +42,7 @@ def _model_options(args: argparse.Namespace):
     from voxloop.voice.models import ModelOptions
 
     return ModelOptions(asr_model=args.asr_model, asr_device=args.asr_device, asr_compute_type=args.asr_compute_type,
+                        asr_window_padding_s=args.asr_window or None,
                         llm_gguf=args.llm_gguf, llm_url=args.llm_url, llm_model=args.llm_model,
                         llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers, tts=args.tts,
                         piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
@@ -52,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     from voxloop.streaming.server import VoxloopServer
     from voxloop.voice.errors import ModelNotFoundError
     from voxloop.voice.models import load_cascade
+    from voxloop.voice.config import SessionConfig
     from voxloop.voice.session import VoiceSession
 
     try:
@@ -63,7 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
     async def serve_forever() -> None:
         with console.status("warming up the models"):
             await models.warm_up()
-        server = VoxloopServer(lambda emit: VoiceSession(models, emit), model_name=f"voxloop-cascade/{models.llm.name}",
+        turn_detection = TurnDetectionConfig(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
+                                             eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms)
+        server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection))),
+                               model_name=f"voxloop-cascade/{models.llm.name}",
                                transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
         console.print(f"[bold green]voxloop is listening[/]: Realtime websocket ws://{args.host}:{args.port}/v1/realtime, "
@@ -110,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     serve.add_argument("--allow-remote", action="store_true", help="allow listening on a non-loopback address")
+    turns = serve.add_argument_group("turn-taking defaults (clients can change them with session.update)")
+    defaults = TurnDetectionConfig()
+    turns.add_argument("--silence-ms", type=int, default=defaults.silence_duration_ms,
+                       help=f"pause that ends a turn (default: {defaults.silence_duration_ms})")
+    turns.add_argument("--unfinished-silence-ms", type=int, default=defaults.unfinished_silence_ms,
+                       help=f"pause that ends a turn whose words sound unfinished (default: {defaults.unfinished_silence_ms})")
+    turns.add_argument("--eager-ms", type=int, default=defaults.eager_after_ms,
+                       help=f"pause after which the reply starts speculatively; 0: off (default: {defaults.eager_after_ms})")
+    turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
+                       help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)
     serve.set_defaults(run=_serve)
 

@@ -106,6 +106,7 @@ def session_object(session_id: str, config: SessionConfig, *, model: str, voice:
         "type": "server_vad", "threshold": turn.threshold, "prefix_padding_ms": turn.prefix_padding_ms,
         "silence_duration_ms": turn.silence_duration_ms, "create_response": turn.create_response,
         "interrupt_response": turn.interrupt_response, "min_speech_ms": turn.min_speech_ms,
+        "eager_after_ms": turn.eager_after_ms, "unfinished_silence_ms": turn.unfinished_silence_ms,
     }
     pcm = {"type": "audio/pcm", "rate": 24000}
     return {

@@ -1,9 +1,10 @@
-from voxloop.voice.turns import SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
+from voxloop.voice.turns import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
 
 FRAME_MS = 32.0
 
 
 def run(probabilities, **config):
+    config.setdefault("eager_after_ms", 0)
     detector = TurnDetector(TurnDetectionConfig(**config), FRAME_MS)
     return [(i, e) for i, p in enumerate(probabilities) if (e := detector.process(p)) is not None]
 
@@ -41,3 +42,26 @@ def test_silence_ms_reports_the_current_pause():
     for p in [0.9, 0.9, 0.0, 0.0, 0.0]:
         detector.process(p)
     assert detector.in_speech and detector.silence_ms == 3 * FRAME_MS
+
+
+def test_a_short_pause_is_reported_for_speculation_and_withdrawn_when_speech_resumes():
+    probs = [0.9] * 20 + [0.0] * 8 + [0.9] * 10 + [0.0] * 20
+    events = run(probs, eager_after_ms=160, silence_duration_ms=480, min_speech_ms=64)
+    assert [type(e) for _, e in events] == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechStopped]
+    (_, _), (paused_at, first_pause), (resumed_at, _), (_, second_pause), (stopped_at, stopped) = events
+    assert paused_at == 20 + 5 - 1 and first_pause.audio_end_ms == 20 * FRAME_MS
+    assert resumed_at == 28
+    assert second_pause.audio_end_ms == stopped.audio_end_ms == 38 * FRAME_MS  # same audio: speculation holds
+    assert stopped_at == 38 + 15 - 1
+
+
+def test_hold_pause_makes_an_unfinished_turn_wait_longer():
+    detector = TurnDetector(TurnDetectionConfig(eager_after_ms=96, silence_duration_ms=320, min_speech_ms=32), FRAME_MS)
+    events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 3]
+    assert isinstance(events[-1], SpeechPaused)
+    detector.hold_pause(640)
+    later = [detector.process(0.0) for _ in range(17)]  # 3 + 17 frames = 640 ms
+    assert isinstance(later[-1], SpeechStopped) and not any(later[:-1])
+    # The next pause starts again from the configured hangover.
+    events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 10]
+    assert isinstance(events[-1], SpeechStopped)

@@ -79,15 +79,18 @@ class Conversation:
             self.items.remove(item)
         return item is not None
 
-    def chat_messages(self, instructions: str, max_items: int = 24) -> list[dict[str, str]]:
-        """Chat-completion messages: system prompt, then recent turns, same-role turns merged."""
+    def chat_messages(self, instructions: str, max_items: int = 24, pending_user_text: str | None = None) -> list[dict[str, str]]:
+        """Chat-completion messages: system prompt, then recent turns, same-role turns merged.
+        `pending_user_text` is a user turn not yet in the history (a speculative one)."""
         messages = [{"role": "system", "content": instructions}] if instructions else []
-        for item in self.items[-max_items:]:
-            if not item.text.strip():
+        turns = [(item.role, item.text) for item in self.items[-max_items:]]
+        if pending_user_text:
+            turns.append(("user", pending_user_text))
+        for role, text in turns:
+            if not text.strip():
                 continue
-            role = item.role
             if messages and messages[-1]["role"] == role and role != "system":
-                messages[-1]["content"] += " " + item.text
+                messages[-1]["content"] += " " + text
             else:
-                messages.append({"role": role, "content": item.text})
+                messages.append({"role": role, "content": text})
         return messages

@@ -27,6 +27,7 @@ class ModelOptions:
     asr_model: str | None = None  # None: bundled tiny.en
     asr_device: str = "cpu"
     asr_compute_type: str = "int8"
+    asr_window_padding_s: float | None = 10.0  # None: Whisper's standard 30 s window
     llm_gguf: str | None = None  # None: bundled SmolLM2-135M-Instruct
     llm_url: str | None = None
     llm_model: str = "default"
@@ -34,6 +35,10 @@ class ModelOptions:
     llm_gpu_layers: int = 0
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
+    xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
+    xtts_device: str = "auto"  # auto: cuda when available, else cpu
+    xtts_language: str = "en"
+    xtts_voice: str | None = None  # built-in speaker name or reference wav; None: the checkpoint's first speaker
     threads: int = 0  # 0: all cores
 
 
@@ -69,7 +74,12 @@ def build_llm(options: ModelOptions) -> ChatLLM:
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:
     if options.tts == "piper":
         return PiperSynthesizer(options.piper_voice)
-    raise ValueError(f"unknown TTS backend {options.tts!r} (available: piper)")
+    if options.tts == "xtts":
+        from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
+
+        return XttsSynthesizer(options.xtts_dir, device=options.xtts_device, language=options.xtts_language,
+                               default_voice=options.xtts_voice)
+    raise ValueError(f"unknown TTS backend {options.tts!r} (available: piper, xtts)")
 
 
 def load_cascade(options: ModelOptions, console: Console | None = None) -> CascadeModels:
@@ -79,7 +89,8 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
     steps = [
         ("Silero VAD", lambda: SileroVAD()),
         (f"Whisper ({options.asr_model or 'bundled tiny.en'})",
-         lambda: WhisperTranscriber(options.asr_model, options.asr_device, options.asr_compute_type, options.threads)),
+         lambda: WhisperTranscriber(options.asr_model, options.asr_device, options.asr_compute_type, options.threads,
+                                    window_padding_s=options.asr_window_padding_s)),
         (f"LLM ({options.llm_url or options.llm_gguf or 'bundled SmolLM2-135M-Instruct'})", lambda: build_llm(options)),
         (f"TTS ({options.tts}: {options.piper_voice or 'bundled voice'})", lambda: build_tts(options)),
     ]

@@ -27,7 +27,8 @@ from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import Conversation, ConversationItem
 from voxloop.voice.models import CascadeModels
 from voxloop.voice.sample_buffer import SampleBuffer
-from voxloop.voice.turns import SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
+from voxloop.voice.speculation import PrefetchedReply, Speculation, sounds_unfinished
+from voxloop.voice.turns import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
 from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class UserTurn:
     item_id: str
     start_sample: int
     partials: asyncio.Task | None = None
+    speculation: Speculation | None = None
 
 
 @dataclass
@@ -138,6 +140,10 @@ class VoiceSession:
                 continue
             if isinstance(outcome, SpeechStarted):
                 await self._on_speech_started(outcome.audio_start_ms)
+            elif isinstance(outcome, SpeechPaused):
+                self._on_speech_paused(outcome.audio_end_ms)
+            elif isinstance(outcome, SpeechResumed):
+                self._drop_speculation()
             elif isinstance(outcome, SpeechStopped):
                 await self._on_speech_stopped(outcome.audio_end_ms)
 
@@ -170,23 +176,63 @@ class VoiceSession:
         if self.config.partial_transcripts:
             self._turn.partials = asyncio.create_task(self._stream_partials(self._turn))
 
+    def _on_speech_paused(self, audio_end_ms: int) -> None:
+        """Start the turn's work now, in case this pause ends the turn."""
+        turn = self._turn
+        if turn is None:
+            return
+        self._drop_speculation()
+        end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
+        speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
+        speculation.task = asyncio.create_task(self._speculate(speculation))
+        turn.speculation = speculation
+
+    async def _speculate(self, speculation: Speculation) -> Transcript:
+        transcript = await self.models.transcribe(speculation.audio)
+        speculation.marks["transcript_final"] = time.monotonic()
+        turn_detection = self.config.turn_detection
+        if turn_detection is None:
+            return transcript
+        if sounds_unfinished(transcript.text):
+            self._detector.hold_pause(max(turn_detection.unfinished_silence_ms, turn_detection.silence_duration_ms))
+        if transcript.text and turn_detection.create_response and not self.response_active:
+            messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=transcript.text)
+            speculation.reply = PrefetchedReply(self.responder.respond(messages, self.config.generation, self.config.voice,
+                                                                       speculation.marks))
+        return transcript
+
+    def _drop_speculation(self) -> None:
+        if self._turn is not None and self._turn.speculation is not None:
+            self._spawn(self._turn.speculation.cancel())
+            self._turn.speculation = None
+
     async def _on_speech_stopped(self, audio_end_ms: int) -> None:
-        marks = {"speech_stopped": time.monotonic()}
-        turn = self._end_turn()
+        stopped_at = time.monotonic()
+        turn = self._end_turn(keep_speculation=True)
         if turn is None:
             return
         await self.emit({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": turn.item_id})
-        end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
-        audio = self._audio.slice(turn.start_sample, end)
-        await self._commit(turn.item_id, audio, end, marks, respond=self.config.turn_detection.create_response)
+        speculation = turn.speculation
+        if speculation is not None and speculation.audio_end_ms != audio_end_ms:  # stale: made for an earlier pause
+            self._spawn(speculation.cancel())
+            speculation = None
+        if speculation is None:
+            end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
+            speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
+        speculation.marks["speech_stopped"] = stopped_at
+        await self._commit(turn.item_id, speculation.audio, speculation.end_sample, speculation.marks,
+                           respond=self.config.turn_detection.create_response, speculation=speculation)
 
-    def _end_turn(self) -> UserTurn | None:
+    def _end_turn(self, keep_speculation: bool = False) -> UserTurn | None:
+        if not keep_speculation:
+            self._drop_speculation()
         turn, self._turn = self._turn, None
         if turn and turn.partials:
             turn.partials.cancel()
         return turn
 
-    async def _commit(self, item_id: str, audio: np.ndarray, end_sample: int, marks: dict[str, float], respond: bool) -> None:
+    async def _commit(self, item_id: str, audio: np.ndarray, end_sample: int, marks: dict[str, float], respond: bool,
+                      speculation: Speculation | None = None) -> None:
         self._commit_start = max(self._commit_start, end_sample)
         self._audio.drop_before(self._commit_start)
         item = ConversationItem(item_id, "user", status="in_progress", from_audio=True)
@@ -194,19 +240,30 @@ class VoiceSession:
         await self.emit({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous,
                          "item": ev.user_item(item_id, transcript=None, status="in_progress")})
-        transcription = self._spawn(self._transcribe(item, audio, marks))
+        pending = speculation.task if speculation is not None else None
+        transcription = self._spawn(self._transcribe(item, audio, marks, pending))
         if respond and not self.response_active:
-            self._response = asyncio.create_task(self._respond(marks, after=transcription))
+            self._response = asyncio.create_task(self._respond(marks, after=transcription, speculation=speculation))
+        elif speculation is not None and speculation.task is not None:
+            self._spawn(self._discard_prefetched_reply(speculation))
 
-    async def _transcribe(self, item: ConversationItem, audio: np.ndarray, marks: dict[str, float]) -> Transcript:
+    @staticmethod
+    async def _discard_prefetched_reply(speculation: Speculation) -> None:
+        """Nobody will send the reply the speculation may start: stop it once it exists."""
+        await asyncio.gather(speculation.task, return_exceptions=True)
+        if speculation.reply is not None:
+            await speculation.reply.cancel()
+
+    async def _transcribe(self, item: ConversationItem, audio: np.ndarray, marks: dict[str, float],
+                          pending: asyncio.Task | None = None) -> Transcript:
         try:
-            transcript = await self.models.transcribe(audio)
+            transcript = await pending if pending is not None else await self.models.transcribe(audio)
         except Exception as exc:
             log.exception("transcription failed")
             await self.emit({"type": "conversation.item.input_audio_transcription.failed", "item_id": item.id, "content_index": 0,
                              "error": {"type": "server_error", "code": "transcription_failed", "message": str(exc)}})
             transcript = Transcript("", audio.size / SAMPLE_RATE, rejected=f"transcription failed: {exc}")
-        marks["transcript_final"] = time.monotonic()
+        marks.setdefault("transcript_final", time.monotonic())
         marks["asr_audio_s"] = transcript.audio_seconds
         item.text, item.status = transcript.text, "completed"
         await self.emit({"type": "conversation.item.input_audio_transcription.completed", "item_id": item.id, "content_index": 0,
@@ -303,11 +360,21 @@ class VoiceSession:
         if self._playback and self._playback.playing(now):
             self._playback.item.truncate(self._playback.heard_ms(now))
 
-    async def _respond(self, marks: dict[str, float], after: asyncio.Task | None = None, config: SessionConfig | None = None) -> None:
-        config = config or self.config
+    async def _respond(self, marks: dict[str, float], after: asyncio.Task | None = None, config: SessionConfig | None = None,
+                       speculation: Speculation | None = None) -> None:
+        try:
+            await self._reply(marks, after, config or self.config, speculation)
+        finally:
+            if speculation is not None and speculation.reply is not None:
+                await speculation.reply.cancel()
+
+    async def _reply(self, marks: dict[str, float], after: asyncio.Task | None, config: SessionConfig,
+                     speculation: Speculation | None) -> None:
         # Shielded: a barge-in cancels this reply, never the transcript of what the user said.
         if after is not None and not (await asyncio.shield(after)).text:
             return  # nothing intelligible was said: no reply, as a person would not answer a cough
+        # Read only now: the speculation may have started the reply while the transcript finished.
+        prefetched = speculation.reply if speculation is not None else None
         response_id = ev.new_id("resp")
         item = ConversationItem(ev.new_id("item"), "assistant", status="in_progress")
         playback = self._playback = Playback(item)
@@ -324,7 +391,8 @@ class VoiceSession:
             await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": ev.assistant_item(item.id)})
             await self.emit(ev.audio_part_event("response.content_part.added", response_id, item.id,
                                                 part={"type": "audio", "transcript": ""}))
-            async with aclosing(self.responder.respond(messages, config.generation, config.voice, marks)) as pieces:
+            stream = prefetched.pieces() if prefetched else self.responder.respond(messages, config.generation, config.voice, marks)
+            async with aclosing(stream) as pieces:
                 async for piece in pieces:
                     if piece.clause:
                         await self.emit(ev.audio_part_event("response.output_audio_transcript.delta", response_id, item.id,

@@ -2,6 +2,12 @@
 
 It is pure (no model, no clock), so it is tested exactly. Times are milliseconds of input
 audio since the session started, the same clock as the protocol's `audio_start_ms`.
+
+Besides start and stop it reports *pauses*: a short silence inside a turn (`eager_after_ms`)
+after which the session starts the turn's work speculatively, and *resumes* when the user
+goes on talking, so that work is thrown away. How long a pause must last to end the turn can
+be changed while the pause runs (`hold_pause`), once the session knows whether the words so
+far sound finished.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ class TurnDetectionConfig:
     # Extension: speech must last this long before it counts, so coughs and clicks neither
     # open a turn nor interrupt the assistant.
     min_speech_ms: int = 160
+    # Extension: after this much silence the turn's transcription and reply start
+    # speculatively (0 turns it off); they are discarded if the user goes on.
+    eager_after_ms: int = 160
+    # Extension: the pause that ends a turn whose words sound unfinished ("... and", no
+    # final punctuation), instead of silence_duration_ms.
+    unfinished_silence_ms: int = 900
 
 
 @dataclass(frozen=True)
@@ -29,8 +41,21 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechPaused:
+    audio_end_ms: int  # where the speech before the pause ended
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    pass
+
+
+@dataclass(frozen=True)
 class SpeechStopped:
     audio_end_ms: int
+
+
+TurnEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechStopped
 
 
 class TurnDetector:
@@ -45,11 +70,13 @@ class TurnDetector:
         self._elapsed_ms = 0.0
         self._run_start_ms: float | None = None  # start of the current candidate speech run
         self._silence_start_ms: float | None = None
+        self._paused = False
+        self._pause_target_ms: float | None = None
 
     def reset(self) -> None:
         self.in_speech = False
         self._run_start_ms = None
-        self._silence_start_ms = None
+        self._end_pause()
 
     @property
     def elapsed_ms(self) -> float:
@@ -62,7 +89,17 @@ class TurnDetector:
             return 0.0
         return self._elapsed_ms - self._silence_start_ms
 
-    def process(self, probability: float) -> SpeechStarted | SpeechStopped | None:
+    def hold_pause(self, silence_ms: float) -> None:
+        """End the turn only once the current pause has lasted `silence_ms`."""
+        if self._silence_start_ms is not None:
+            self._pause_target_ms = silence_ms
+
+    def _end_pause(self) -> None:
+        self._silence_start_ms = None
+        self._paused = False
+        self._pause_target_ms = None
+
+    def process(self, probability: float) -> TurnEvent | None:
         frame_start = self._elapsed_ms
         self._elapsed_ms += self.frame_ms
         cfg = self.config
@@ -72,19 +109,26 @@ class TurnDetector:
                     self._run_start_ms = frame_start
                 if self._elapsed_ms - self._run_start_ms >= cfg.min_speech_ms:
                     self.in_speech = True
-                    self._silence_start_ms = None
+                    self._end_pause()
                     return SpeechStarted(int(self._run_start_ms))
             elif probability < cfg.threshold - self.HYSTERESIS:
                 self._run_start_ms = None
             return None
 
         if probability >= cfg.threshold - self.HYSTERESIS:
-            self._silence_start_ms = None
-            return None
+            resumed = self._paused
+            self._end_pause()
+            return SpeechResumed() if resumed else None
         if self._silence_start_ms is None:
             self._silence_start_ms = frame_start
-        if self._elapsed_ms - self._silence_start_ms >= cfg.silence_duration_ms:
+        silence = self._elapsed_ms - self._silence_start_ms
+        target = self._pause_target_ms if self._pause_target_ms is not None else cfg.silence_duration_ms
+        if silence >= target:
             end = self._silence_start_ms
             self.reset()
+            self._run_start_ms = None
             return SpeechStopped(int(end))
+        if not self._paused and cfg.eager_after_ms and silence >= cfg.eager_after_ms:
+            self._paused = True
+            return SpeechPaused(int(self._silence_start_ms))
         return None
