@@ -55,3 +55,13 @@ def test_sample_buffer_keeps_absolute_indices_across_drops_and_caps():
     assert buffer.slice(4, 7).tolist() == [4, 5, 6]
     buffer.drop_before(8)
     assert buffer.slice(0, 100).tolist() == [8, 9, 10, 11]
+
+
+def test_leading_silence_before_the_first_word_is_trimmed_but_the_onset_kept():
+    from voxloop.voice.cascade import trim_leading_silence
+
+    word = tone(300, 24000, 0.2)
+    audio = np.concatenate([np.zeros(2400, np.float32), 1e-4 * np.ones(1200, np.float32), word])
+    trimmed = trim_leading_silence(audio)
+    assert trimmed.size == (word.size - 1) + 240  # the sine starts at 0: its first loud sample is the second
+    assert trim_leading_silence(np.zeros(100, np.float32)).size == 0

@@ -28,6 +28,15 @@ class SpeechPiece:
     clause: str | None = None
 
 
+def trim_leading_silence(audio: np.ndarray, floor: float = 10 ** (-50 / 20), keep_samples: int = 240) -> np.ndarray:
+    """Drop the silence a TTS voice puts before its first word (tens of ms with Piper): the
+    user is waiting for exactly that sample. Keeps 10 ms (at 24 kHz) so the onset is not clipped."""
+    loud = np.nonzero(np.abs(audio) > floor)[0]
+    if not loud.size:
+        return audio[:0]
+    return audio[max(0, loud[0] - keep_samples):]
+
+
 class CascadeResponder:
     def __init__(self, llm: ChatLLM, tts: SpeechSynthesizer):
         self.llm = llm
@@ -46,7 +55,11 @@ class CascadeResponder:
                 first_chunk = True
                 async with aclosing(self.tts.synthesize(clause, voice)) as chunks:
                     async for audio in chunks:
-                        marks.setdefault("tts_first_audio", time.monotonic())
+                        if "tts_first_audio" not in marks:
+                            audio = trim_leading_silence(audio)
+                            if not audio.size:
+                                continue
+                            marks["tts_first_audio"] = time.monotonic()
                         yield SpeechPiece(audio, clause if first_chunk else None)
                         first_chunk = False
         finally:
