@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import json
 import shlex
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rtf", action="store_true", help="skip the in-process real-time-factor pass")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 turns, sweep 1,2 with 2 turns each")
     parser.add_argument("--out", type=Path, help="output folder (default: bench/out/<time>)")
+    parser.add_argument("--publish", type=Path, metavar="RESULTS_MD",
+                        help="also write this run into a Markdown report (e.g. bench/RESULTS.md), plots beside it")
+    parser.add_argument("--name", default="main", help="the report section this run replaces (default: main)")
     args = parser.parse_args(argv)
     if args.quick:
         args.turns, args.sessions, args.sweep_turns = 6, "1,2", 2
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                 variant.server.stop()
     print((out / "summary.md").read_text())
     print(f"raw measurements, summary and plots in {out}/")
+    if args.publish:
+        _publish(args.publish, out, argv if argv is not None else sys.argv[2:], args.name)
+        print(f"published {args.publish}")
     return 0 if results else 1
 
 
@@ -156,6 +164,27 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
                        out / "stages.png", "Where the time goes (medians)")
     (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants))
     return results
+
+
+def _publish(results_md: Path, out: Path, argv: list[str], section: str) -> None:
+    """Write this run into a committed report as one named section, with the exact command and
+    its plots beside the report. Other sections and any hand-written text are kept."""
+    plots = results_md.parent / "results"
+    plots.mkdir(parents=True, exist_ok=True)
+    for name in ("latency_cdf.png", "stages.png"):
+        shutil.copy(out / name, plots / f"{section}-{name}")
+    command = "voxloop bench " + " ".join(shlex.quote(a) for a in argv)
+    body = (f"<!-- run:{section} -->\n### {section}\n\nMeasured {time.strftime('%Y-%m-%d %H:%M')} with:\n\n"
+            f"```bash\n{command}\n```\n\n" + (out / "summary.md").read_text()
+            + f"\n![latency CDF](results/{section}-latency_cdf.png)\n\n![stage breakdown](results/{section}-stages.png)\n"
+            f"<!-- /run:{section} -->")
+    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
+    start, end = f"<!-- run:{section} -->", f"<!-- /run:{section} -->"
+    if start in text and end in text:
+        text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    results_md.write_text(text)
 
 
 def _stage_rtf(serve_args: list[str], clips) -> dict:
