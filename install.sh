@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libsndfile1 libportaudio2 cmake build-essential)
+APT_PACKAGES=(libsndfile1 libportaudio2 cmake build-essential chromium)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -49,10 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: list[str], log_dir: Path, name: str = "server", startup_timeout_s: float = 300) -> ServerProcess:
-    """`voxloop serve ARGS` on a free port; returns once /health answers (models loaded and warm)."""
+def start_server(args: list[str], log_dir: Path, name: str = "server", startup_timeout_s: float = 300,
+                 port: int | None = None) -> ServerProcess:
+    """`voxloop serve ARGS` on `port` (default: a free one); returns once /health answers
+    (models loaded and warm)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log_path = log_dir / f"{name}-{port}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "voxloop.client.cli", "-v", "serve", "--port", str(port), *args],
