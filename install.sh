@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libsndfile1 libportaudio2 cmake build-essential chromium)
+# chromium: the browser test; pulseaudio, pulseaudio-utils, libasound2-plugins: the real-device test of the mic client
+APT_PACKAGES=(libsndfile1 libportaudio2 cmake build-essential chromium pulseaudio pulseaudio-utils libasound2-plugins)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
