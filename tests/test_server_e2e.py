@@ -119,12 +119,12 @@ def test_manual_turn_taking_with_commit_and_response_create(server, clips):
             await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
             for start in range(0, speech.size, WIRE_RATE):  # no pacing needed without VAD
                 await client.append_audio(speech[start:start + WIRE_RATE])
+            # Asked for at once, before the transcript exists: the reply must still answer it.
             await client.send({"type": "input_audio_buffer.commit"})
+            await client.send({"type": "response.create"})
             async with asyncio.timeout(60):
                 async for event in client.events():
                     events.append(event)
-                    if event["type"] == "conversation.item.input_audio_transcription.completed":
-                        await client.send({"type": "response.create"})
                     if event["type"] == "response.done":
                         return events
 
@@ -135,6 +135,8 @@ def test_manual_turn_taking_with_commit_and_response_create(server, clips):
     assert word_error_rate(clip.transcript, transcript) <= WER_BOUND, transcript
     assert events[-1]["response"]["status"] == "completed"
     assert events[-1]["response"]["voxloop"]["timings"]["reference"] == "response_create"
+    # The reply waited for the transcript it answers.
+    assert kinds.index("conversation.item.input_audio_transcription.completed") < kinds.index("response.created")
     assert any(e["type"] == "response.output_audio.delta" for e in events)
 
 

@@ -115,6 +115,7 @@ class VoiceSession:
         self._cancel_reason = "client_cancelled"
         self._playback: Playback | None = None
         self._background: set[asyncio.Task] = set()
+        self._transcriptions: set[asyncio.Task] = set()
 
     # ----------------------------------------------------------------- configuration
 
@@ -242,6 +243,8 @@ class VoiceSession:
                          "item": ev.user_item(item_id, transcript=None, status="in_progress")})
         pending = speculation.task if speculation is not None else None
         transcription = self._spawn(self._transcribe(item, audio, marks, pending))
+        self._transcriptions.add(transcription)
+        transcription.add_done_callback(self._transcriptions.discard)
         if respond and not self.response_active:
             self._response = asyncio.create_task(self._respond(marks, after=transcription, speculation=speculation))
         elif speculation is not None and speculation.task is not None:
@@ -375,6 +378,8 @@ class VoiceSession:
             return  # nothing intelligible was said: no reply, as a person would not answer a cough
         # Read only now: the speculation may have started the reply while the transcript finished.
         prefetched = speculation.reply if speculation is not None else None
+        if self._transcriptions:  # `commit` then `response.create` at once: answer what was said
+            await asyncio.shield(asyncio.gather(*self._transcriptions, return_exceptions=True))
         response_id = ev.new_id("resp")
         item = ConversationItem(ev.new_id("item"), "assistant", status="in_progress")
         playback = self._playback = Playback(item)
