@@ -4,7 +4,7 @@
 # llama.cpp build, which compiles from source (about 4 minutes on 2 cores; cached by pip after).
 # Safe to re-run: it only installs what is missing.
 #
-#   ./install.sh          runtime + test dependencies
+#   ./install.sh          runtime, test and XTTS dependencies
 #   CMAKE_ARGS="-DGGML_CUDA=on" ./install.sh    llama.cpp with CUDA (needs nvcc)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,5 +30,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip wheel setuptools
 echo "installing Python packages (the llama-cpp-python build takes a few minutes the first time)"
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-    .venv/bin/python -m pip install --progress-bar off -e '.[test]'
+    .venv/bin/python -m pip install --progress-bar off -e '.[test,xtts]'
 .venv/bin/python -c "import voxloop.voice, voxloop.streaming, llama_cpp, faster_whisper, piper; print('voxloop installed')"

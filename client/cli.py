@@ -35,6 +35,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--xtts-device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
     group.add_argument("--xtts-language", default="en", help="XTTS language code (default: en)")
     group.add_argument("--xtts-voice", help="default XTTS voice: a built-in speaker name or a reference wav to clone")
+    group.add_argument("--xtts-chunk-tokens", type=int, help="XTTS audio tokens (about 46 ms each) per streamed chunk "
+                       "(default: 8 on a GPU, 20 on a CPU)")
+    group.add_argument("--xtts-half", action="store_true", help="XTTS in float16 autocast on CUDA (not faster on an H100)")
     group.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
 
 
@@ -46,7 +49,44 @@ def _model_options(args: argparse.Namespace):
                         llm_gguf=args.llm_gguf, llm_url=args.llm_url, llm_model=args.llm_model,
                         llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers, tts=args.tts,
                         piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
-                        xtts_language=args.xtts_language, xtts_voice=args.xtts_voice, threads=args.threads)
+                        xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
+                        xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads)
+
+
+def _add_native_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("native path (--path native: EnCodec tokens -> full-duplex speech LM -> EnCodec)")
+    group.add_argument("--speech-lm", metavar="DIR", help="trained speech LM: a directory with config.json and model.safetensors "
+                       "(`voxloop train-native PAIRS OUT_DIR` writes OUT_DIR/model)")
+    group.add_argument("--encodec-checkpoint", metavar="PATH", help="local EnCodec 24 kHz checkpoint (.th/.pt/.safetensors, or a "
+                       "directory holding encodec_24khz-d7cc33bc.th; default: the encodec package's download, which needs network once)")
+    group.add_argument("--random-weights", action="store_true", help="random speech LM (and random EnCodec unless "
+                       "--encodec-checkpoint): noise, not speech; for latency benchmarking only")
+    group.add_argument("--speech-lm-config", choices=["tiny", "production"], help="size of the random speech LM "
+                       "(with --random-weights; default: tiny)")
+    group.add_argument("--native-device", default="cpu", help="cpu or cuda for the codec and the speech LM (default: cpu)")
+    group.add_argument("--lm-temperature", type=float, default=0.8, help="speech LM sampling temperature; 0: greedy (default: 0.8)")
+    group.add_argument("--lm-top-k", type=int, default=250, help="speech LM top-k sampling; 0: off (default: 250)")
+    group.add_argument("--reply-silence-ms", type=int, default=800, help="silent model output that completes a response (default: 800)")
+    group.add_argument("--max-reply-s", type=float, default=30.0, help="longest response in seconds (default: 30)")
+
+
+def _native_options(args: argparse.Namespace):
+    from voxloop.voice.native_models import NativeOptions
+    from voxloop.voice.speech_lm import SamplingSettings
+
+    return NativeOptions(speech_lm=args.speech_lm, encodec_checkpoint=args.encodec_checkpoint, random_weights=args.random_weights,
+                         random_config=args.speech_lm_config or "tiny", device=args.native_device,
+                         sampling=SamplingSettings(temperature=args.lm_temperature, top_k=args.lm_top_k))
+
+
+def _native_option_error(args: argparse.Namespace) -> str | None:
+    if args.speech_lm_config and not args.random_weights:
+        return "--speech-lm-config sizes random weights only (with --random-weights); a trained model's config.json sets its size"
+    if args.random_weights and args.speech_lm:
+        return "--random-weights and --speech-lm exclude each other"
+    if args.path != "native" and (args.speech_lm or args.random_weights or args.encodec_checkpoint):
+        return "--speech-lm, --random-weights and --encodec-checkpoint belong to the native path: add --path native"
+    return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -55,6 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
         console.print(f"[bold red]refusing to listen on {args.host}: that exposes the server beyond this machine. "
                       "Pass --allow-remote if that is what you want.[/]")
         return 2
+    if problem := _native_option_error(args):
+        console.print(f"[bold red]{problem}[/]")
+        return 2
     from voxloop.streaming.server import VoxloopServer
     from voxloop.voice.errors import ModelNotFoundError
     from voxloop.voice.models import load_cascade
@@ -62,7 +105,12 @@ def _serve(args: argparse.Namespace) -> int:
     from voxloop.voice.session import VoiceSession
 
     try:
-        models = load_cascade(_model_options(args), console)
+        if args.path == "native":
+            from voxloop.voice.native_models import load_native
+
+            models = load_native(_native_options(args), console)
+        else:
+            models = load_cascade(_model_options(args), console)
     except ModelNotFoundError as exc:
         console.print(f"[bold red]model not found:[/] {exc}")
         return 2
@@ -72,9 +120,20 @@ def _serve(args: argparse.Namespace) -> int:
             await models.warm_up()
         turn_detection = TurnDetectionConfig(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
                                              eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms)
-        server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection))),
-                               model_name=f"voxloop-cascade/{models.llm.name}",
-                               transcription_model=models.asr.name)
+        if args.path == "native":
+            from voxloop.voice.native_models import NO_TRANSCRIPTION
+            from voxloop.voice.native_session import NativeSession, ResponsePolicy
+
+            policy = ResponsePolicy(end_silence_ms=args.reply_silence_ms, max_reply_s=args.max_reply_s)
+            if models.random_weights:
+                console.print("[bold yellow]random weights: the assistant speaks noise; for latency benchmarking only[/]")
+            server = VoxloopServer(lambda emit: NativeSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
+                                                                                          partial_transcripts=False), policy),
+                                   model_name=models.name, transcription_model=NO_TRANSCRIPTION)
+        else:
+            server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection))),
+                                   model_name=f"voxloop-cascade/{models.llm.name}",
+                                   transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
         console.print(f"[bold green]voxloop is listening[/]: Realtime websocket ws://{args.host}:{args.port}/v1/realtime, "
                       f"browser http://{args.host}:{args.port}/")
@@ -120,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     serve.add_argument("--allow-remote", action="store_true", help="allow listening on a non-loopback address")
+    serve.add_argument("--path", choices=["cascade", "native"], default="cascade",
+                       help="cascade: VAD -> Whisper -> LLM -> TTS; native: EnCodec tokens through a full-duplex speech LM "
+                            "(default: cascade)")
     turns = serve.add_argument_group("turn-taking defaults (clients can change them with session.update)")
     defaults = TurnDetectionConfig()
     turns.add_argument("--silence-ms", type=int, default=defaults.silence_duration_ms,
@@ -131,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)
+    _add_native_options(serve)
     serve.set_defaults(run=_serve)
 
     talk = commands.add_parser("talk", help="talk to a running server")
@@ -149,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     talk.set_defaults(run=_talk)
     # Listed for --help; main() hands `voxloop bench ...` to voxloop.bench.cli before parsing.
     commands.add_parser("bench", add_help=False, help="measure voice-to-voice latency (voxloop bench --help)")
+    commands.add_parser("train-native", add_help=False,
+                        help="train the native path's speech LM on (user, reply) audio pairs (voxloop train-native --help)")
     return parser
 
 
@@ -158,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         from voxloop.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["train-native"]:  # likewise
+        from voxloop.voice.train_native import main as train_native_main
+
+        train_native_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

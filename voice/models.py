@@ -39,6 +39,8 @@ class ModelOptions:
     xtts_device: str = "auto"  # auto: cuda when available, else cpu
     xtts_language: str = "en"
     xtts_voice: str | None = None  # built-in speaker name or reference wav; None: the checkpoint's first speaker
+    xtts_chunk_tokens: int | None = None  # audio tokens per streamed chunk; None: 8 on a GPU, 20 on a CPU
+    xtts_half: bool = False  # float16 autocast on CUDA
     threads: int = 0  # 0: all cores
 
 
@@ -78,8 +80,15 @@ def build_tts(options: ModelOptions) -> SpeechSynthesizer:
         from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
 
         return XttsSynthesizer(options.xtts_dir, device=options.xtts_device, language=options.xtts_language,
-                               default_voice=options.xtts_voice)
+                               default_voice=options.xtts_voice, stream_chunk_size=options.xtts_chunk_tokens,
+                               half_precision=options.xtts_half)
     raise ValueError(f"unknown TTS backend {options.tts!r} (available: piper, xtts)")
+
+
+def _tts_label(options: ModelOptions) -> str:
+    if options.tts == "xtts":
+        return f"xtts: {options.xtts_dir or 'coqui model manager'}"
+    return f"piper: {options.piper_voice or 'bundled voice'}"
 
 
 def load_cascade(options: ModelOptions, console: Console | None = None) -> CascadeModels:
@@ -92,7 +101,7 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
          lambda: WhisperTranscriber(options.asr_model, options.asr_device, options.asr_compute_type, options.threads,
                                     window_padding_s=options.asr_window_padding_s)),
         (f"LLM ({options.llm_url or options.llm_gguf or 'bundled SmolLM2-135M-Instruct'})", lambda: build_llm(options)),
-        (f"TTS ({options.tts}: {options.piper_voice or 'bundled voice'})", lambda: build_tts(options)),
+        (f"TTS ({_tts_label(options)})", lambda: build_tts(options)),
     ]
     loaded, seconds = [], {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
