@@ -19,6 +19,18 @@ def server() -> ServerProcess:
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Small torch ops on a shared 2-core machine: a second intra-op thread mostly waits on the
+    first whenever another process holds a core (single calls measured 20x slower under load)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def clips() -> dict[str, Clip]:
     names = ["jfk", "arctic_a0039_1592747680", "p301_102", "1089-134691-0001", "arctic_a0024"]

@@ -37,15 +37,7 @@ DECODER_EDGE_FRAMES = 32
 ENCODE_CHUNKS = [320, 640, 1920, 1000, 777, 4801, "whole", "irregular"]
 DECODE_CHUNKS = [1, 2, 6, 7, "whole"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine two intra-op threads wait on each other whenever another
-    # process holds a core, which made single calls 20x slower in a loaded test run.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

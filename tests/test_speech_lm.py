@@ -15,14 +15,7 @@ from voxloop.voice.speech_lm_config import CONFIGS, SpeechLMConfig, config_by_na
 
 PAD = 1024
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small ops on a busy 2-core machine: a second thread mostly waits on the first.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_config(**changes) -> SpeechLMConfig:
@@ -246,7 +239,7 @@ def test_measure_step_time_reports_a_real_time_factor():
     assert result["real_time_factor"] == pytest.approx(result["median_ms"] / (1000 / 75))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_streaming_on_cuda_matches_cpu():
     model = random_model(seed=4)
     frames = torch.randint(0, 1024, (20, 2))

@@ -9,26 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from voxloop.bench.speech import clip
 from voxloop.codecs.audiofile import load_audio, save_audio
 from voxloop.codecs.encodec_stream import SAMPLE_RATE, StreamingDecoder, random_encodec
 from voxloop.voice.speech_lm import IGNORE_INDEX, SamplingSettings, SpeechLM
 from voxloop.voice.train_native import (ConversationLayout, encode_pairs, latest_checkpoint, main, make_batch,
                                         read_pairs, train)
 
-SPEECH = "/work/shared/speech"
-USER_CLIP = f"{SPEECH}/cathy_cc0/arctic_a0039_1592747680.wav"
-REPLY_CLIP = f"{SPEECH}/cmu_arctic/arctic_a0024.wav"
+USER_CLIP = clip("arctic_a0039_1592747680").path
+REPLY_CLIP = clip("arctic_a0024").path
 BANDWIDTH = 1.5  # the tiny config's 2 codebooks
 SHORT_LAYOUT = ConversationLayout(lead_frames=4, gap_frames=6, tail_frames=6)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small ops on a busy 2-core machine: a second thread mostly waits on the first.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
