@@ -195,8 +195,10 @@ def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.nd
     if reference is None or timings.get("first_audio_sent_ms") is None:
         return
     marks = [reference - true_end_unix]
+    # A stage the path does not have (the native path has no ASR, LLM or TTS) takes no time.
     for name in ("transcript_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_sent_ms"):
-        marks.append(reference - true_end_unix + timings[name] / 1000)
+        value = timings.get(name)
+        marks.append(marks[-1] if value is None else reference - true_end_unix + value / 1000)
     marks += [first_arrival - true_end_unix, played - true_end_unix]
     # Speculative work can finish before the turn is confirmed; on the critical path a stage
     # that was already done costs nothing, so stages are measured between running maxima.

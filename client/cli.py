@@ -66,6 +66,8 @@ def _add_native_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--native-device", default="cpu", help="cpu or cuda for the codec and the speech LM (default: cpu)")
     group.add_argument("--lm-temperature", type=float, default=0.8, help="speech LM sampling temperature; 0: greedy (default: 0.8)")
     group.add_argument("--lm-top-k", type=int, default=250, help="speech LM top-k sampling; 0: off (default: 250)")
+    group.add_argument("--native-chunk-ms", type=int, default=80, help="audio per model call, in 40/3 ms codec frames "
+                       "(rounded); more is cheaper per frame, less is lower latency (default: 80; 27 keeps up on a GPU)")
     group.add_argument("--reply-silence-ms", type=int, default=800, help="silent model output that completes a response (default: 800)")
     group.add_argument("--max-reply-s", type=float, default=30.0, help="longest response in seconds (default: 30)")
 
@@ -76,7 +78,8 @@ def _native_options(args: argparse.Namespace):
 
     return NativeOptions(speech_lm=args.speech_lm, encodec_checkpoint=args.encodec_checkpoint, random_weights=args.random_weights,
                          random_config=args.speech_lm_config or "tiny", device=args.native_device,
-                         sampling=SamplingSettings(temperature=args.lm_temperature, top_k=args.lm_top_k))
+                         sampling=SamplingSettings(temperature=args.lm_temperature, top_k=args.lm_top_k),
+                         chunk_frames=max(1, round(args.native_chunk_ms * 75 / 1000)))
 
 
 def _native_option_error(args: argparse.Namespace) -> str | None:

@@ -117,9 +117,11 @@ class RealtimeConnection:
 
     def _session_object(self) -> dict[str, Any]:
         config = self.session.config
-        return session_object(self.session_id, config, model=self.model_name,
-                              voice=config.voice or self.session.models.tts.default_voice,
-                              transcription_model=self.transcription_model)
+        session = session_object(self.session_id, config, model=self.model_name, voice=config.voice or self.session.default_voice,
+                                 transcription_model=self.transcription_model)
+        if extension := self.session.wire_extension():
+            session["voxloop"] = extension
+        return session
 
     # ----------------------------------------------------------------- handlers
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +22,7 @@ from voxloop.codecs.pcm import encode_base64_pcm16
 from voxloop.codecs.resample import StreamResampler
 from voxloop.streaming import events as ev
 from voxloop.voice.asr import Transcript
-from voxloop.voice.cascade import CascadeResponder
+from voxloop.voice.cascade import CascadeResponder, SpeechPiece
 from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import Conversation, ConversationItem
 from voxloop.voice.models import CascadeModels
@@ -99,7 +99,7 @@ class Playback:
 class VoiceSession:
     def __init__(self, models: CascadeModels, emit: Emit, config: SessionConfig | None = None):
         self.models = models
-        self.responder = CascadeResponder(models.llm, models.tts)
+        self.responder = self._make_responder(models)
         self.emit = emit
         self.config = config or SessionConfig()
         self.conversation = Conversation()
@@ -116,6 +116,20 @@ class VoiceSession:
         self._playback: Playback | None = None
         self._background: set[asyncio.Task] = set()
         self._transcriptions: set[asyncio.Task] = set()
+
+    def _make_responder(self, models) -> CascadeResponder | None:
+        """What turns the conversation into reply audio; a path without a text LLM has none."""
+        return CascadeResponder(models.llm, models.tts)
+
+    @property
+    def default_voice(self) -> str:
+        """The voice replies use when the session names none."""
+        return self.models.tts.default_voice
+
+    def wire_extension(self) -> dict[str, Any]:
+        """Extra facts about this session for the `voxloop` field of the session object and of
+        every `response.done` (the cascade has none; the native path names its weights)."""
+        return {}
 
     # ----------------------------------------------------------------- configuration
 
@@ -380,11 +394,17 @@ class VoiceSession:
         prefetched = speculation.reply if speculation is not None else None
         if self._transcriptions:  # `commit` then `response.create` at once: answer what was said
             await asyncio.shield(asyncio.gather(*self._transcriptions, return_exceptions=True))
+        messages = self.conversation.chat_messages(config.instructions)
+        pieces = prefetched.pieces() if prefetched else self.responder.respond(messages, config.generation, config.voice, marks)
+        await self._stream_response(config, marks, pieces)
+
+    async def _stream_response(self, config: SessionConfig, marks: dict[str, float], pieces: AsyncIterator[SpeechPiece]) -> None:
+        """One response's events around the reply audio `pieces`, from `response.created` to
+        `response.done`, whatever the reply path."""
         response_id = ev.new_id("resp")
         item = ConversationItem(ev.new_id("item"), "assistant", status="in_progress")
         playback = self._playback = Playback(item)
-        voice = config.voice or self.models.tts.default_voice
-        messages = self.conversation.chat_messages(config.instructions)
+        voice = config.voice or self.default_voice
         previous = self.conversation.add(item)
         status, reason, error = "completed", None, None
         try:
@@ -396,9 +416,8 @@ class VoiceSession:
             await self.emit({"type": "conversation.item.added", "previous_item_id": previous, "item": ev.assistant_item(item.id)})
             await self.emit(ev.audio_part_event("response.content_part.added", response_id, item.id,
                                                 part={"type": "audio", "transcript": ""}))
-            stream = prefetched.pieces() if prefetched else self.responder.respond(messages, config.generation, config.voice, marks)
-            async with aclosing(stream) as pieces:
-                async for piece in pieces:
+            async with aclosing(pieces) as stream:
+                async for piece in stream:
                     if piece.clause:
                         await self.emit(ev.audio_part_event("response.output_audio_transcript.delta", response_id, item.id,
                                                             delta=(" " if item.segments else "") + piece.clause))
@@ -422,7 +441,7 @@ class VoiceSession:
         await self.emit({"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": wire_item})
         await self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": wire_item})
         done = ev.response_object(response_id, status=status, output=[wire_item], status_reason=reason, voice=voice,
-                                  extension={"timings": _timings(marks), "audio_ms": round(item.audio_ms)})
+                                  extension={"timings": _timings(marks), "audio_ms": round(item.audio_ms), **self.wire_extension()})
         if error:
             done["status_details"] = {"type": "failed", "error": error}
             await self.emit(ev.error(f"the response failed: {error['message']}", "response_failed", error_type="server_error"))
@@ -442,6 +461,8 @@ class VoiceSession:
                                                 delta=encode_base64_pcm16(piece)))
             duration_ms = 1000 * piece.size / WIRE_RATE
             playback.sent(time.monotonic(), duration_ms)
+            if not playback.item.segments:  # audio with no words (the native path): one wordless segment
+                playback.item.add_spoken("", 0.0)
             playback.item.segments[-1].end_ms += duration_ms
 
     # ----------------------------------------------------------------- lifecycle
