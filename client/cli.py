@@ -134,7 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                           partial_transcripts=False), policy),
                                    model_name=models.name, transcription_model=NO_TRANSCRIPTION)
         else:
-            server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection))),
+            server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
+                                                                                    history_window=args.history_window)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"pause that ends a turn whose words sound unfinished (default: {defaults.unfinished_silence_ms})")
     turns.add_argument("--eager-ms", type=int, default=defaults.eager_after_ms,
                        help=f"pause after which the reply starts speculatively; 0: off (default: {defaults.eager_after_ms})")
+    turns.add_argument("--history-window", choices=["stable", "sliding"], default="stable",
+                       help="trim old conversation half a window at a time, keeping the LLM's cached prompt "
+                            "(stable, default), or one item at a time (sliding)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

@@ -49,3 +49,21 @@ def test_add_returns_previous_item_id():
     conversation = Conversation()
     assert conversation.add(ConversationItem("x", "user", "hi")) is None
     assert conversation.add(ConversationItem("y", "user", "hi")) == "x"
+
+
+def test_a_stable_window_keeps_the_prompt_start_for_many_turns():
+    def first_user_message(conversation: Conversation) -> str:
+        return conversation.chat_messages("sys")[1]["content"]
+
+    stable, sliding = Conversation(max_items=8, window="stable"), Conversation(max_items=8, window="sliding")
+    starts_stable, starts_sliding = [], []
+    for turn in range(12):
+        for conversation in (stable, sliding):
+            conversation.add(ConversationItem(f"u{turn}", "user", f"question {turn}"))
+            conversation.add(ConversationItem(f"a{turn}", "assistant", f"answer {turn}"))
+        starts_stable.append(first_user_message(stable))
+        starts_sliding.append(first_user_message(sliding))
+        assert len(stable.chat_messages("sys")) - 1 <= 8 and len(sliding.chat_messages("sys")) - 1 <= 8
+    # Sliding changes the prompt's start on every turn once full; stable only every max_items/2 items.
+    assert len(set(starts_sliding)) == 12 - 4 + 1
+    assert len(set(starts_stable)) == 1 + (12 * 2 - 8 + 3) // 4

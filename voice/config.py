@@ -21,3 +21,6 @@ class SessionConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     # Extension: stream partial user transcripts while the user speaks.
     partial_transcripts: bool = True
+    # How much of the conversation the LLM sees, and how it is trimmed (see Conversation).
+    history_items: int = 24
+    history_window: str = "stable"

@@ -61,8 +61,25 @@ def heard_text(segments: list[SpokenSegment], until_ms: float) -> str:
 
 
 class Conversation:
-    def __init__(self) -> None:
+    def __init__(self, max_items: int = 24, window: str = "stable") -> None:
+        """`max_items`: how much history the LLM sees. `window`: "stable" drops old items half a
+        window at a time, so the prompt's beginning (and the LLM's cached KV state for it) stays
+        the same for many turns; "sliding" drops one at a time, which changes the beginning, and
+        so re-evaluates the whole prompt, on every turn once the history is full."""
+        if window not in ("stable", "sliding"):
+            raise ValueError(f"history window must be 'stable' or 'sliding', not {window!r}")
         self.items: list[ConversationItem] = []
+        self.max_items = max_items
+        self.window = window
+
+    def _window_start(self) -> int:
+        overflow = len(self.items) - self.max_items
+        if overflow <= 0:
+            return 0
+        if self.window == "sliding":
+            return overflow
+        step = max(1, self.max_items // 2)
+        return (overflow + step - 1) // step * step
 
     def add(self, item: ConversationItem) -> str | None:
         """Append an item; return the id of the item before it (the protocol's previous_item_id)."""
@@ -79,11 +96,11 @@ class Conversation:
             self.items.remove(item)
         return item is not None
 
-    def chat_messages(self, instructions: str, max_items: int = 24, pending_user_text: str | None = None) -> list[dict[str, str]]:
+    def chat_messages(self, instructions: str, pending_user_text: str | None = None) -> list[dict[str, str]]:
         """Chat-completion messages: system prompt, then recent turns, same-role turns merged.
         `pending_user_text` is a user turn not yet in the history (a speculative one)."""
         messages = [{"role": "system", "content": instructions}] if instructions else []
-        turns = [(item.role, item.text) for item in self.items[-max_items:]]
+        turns = [(item.role, item.text) for item in self.items[self._window_start():]]
         if pending_user_text:
             turns.append(("user", pending_user_text))
         for role, text in turns:

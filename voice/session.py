@@ -102,7 +102,7 @@ class VoiceSession:
         self.responder = self._make_responder(models)
         self.emit = emit
         self.config = config or SessionConfig()
-        self.conversation = Conversation()
+        self.conversation = Conversation(self.config.history_items, self.config.history_window)
         self._resampler = StreamResampler(WIRE_RATE, SAMPLE_RATE)
         self._audio = SampleBuffer(MAX_BUFFER_S * SAMPLE_RATE)
         self._commit_start = 0
