@@ -31,6 +31,14 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 
 # Beta names of client events, accepted as aliases of their GA names.
 _ALIASES = {"conversation.item.added": "conversation.item.create"}
+# Server events a beta client (`OpenAI-Beta: realtime=v1`) knows by other names; the payloads match.
+BETA_EVENT_NAMES = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "conversation.item.added": "conversation.item.created",
+}
 
 
 class ProtocolError(Exception):
@@ -49,6 +57,8 @@ class RealtimeConnection:
         self.model_name = model_name
         self.transcription_model = transcription_model
         self.closed = False
+        request = getattr(websocket, "request", None)
+        self.beta = request is not None and "realtime=v1" in request.headers.get("OpenAI-Beta", "")
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -69,6 +79,8 @@ class RealtimeConnection:
         if self.closed:
             return
         event.setdefault("event_id", ev.new_id("event"))
+        if self.beta:
+            event["type"] = BETA_EVENT_NAMES.get(event["type"], event["type"])
         try:
             await self.websocket.send(json.dumps(event))
         except ConnectionClosed:

@@ -31,6 +31,22 @@ def torch_one_thread():
     torch.set_num_threads(previous)
 
 
+QUESTION_CLIP, ANSWER_CLIP = "arctic_a0039_1592747680", "arctic_a0024"
+
+
+@pytest.fixture(scope="module")
+def speech_pair(tmp_path_factory):
+    """A conversation pair for the native path: half a second of one speaker asking
+    (user.wav), half a second of another answering (reply.wav), at 24 kHz."""
+    from voxloop.codecs.audiofile import load_audio, save_audio
+
+    folder = tmp_path_factory.mktemp("pair")
+    user, reply = folder / "user.wav", folder / "reply.wav"
+    save_audio(user, load_audio(find_clip(QUESTION_CLIP).path, 24000)[:12000], 24000)
+    save_audio(reply, load_audio(find_clip(ANSWER_CLIP).path, 24000)[:12000], 24000)
+    return user, reply
+
+
 @pytest.fixture(scope="session")
 def clips() -> dict[str, Clip]:
     names = ["jfk", "arctic_a0039_1592747680", "p301_102", "1089-134691-0001", "arctic_a0024"]

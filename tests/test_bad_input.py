@@ -114,3 +114,21 @@ def test_abrupt_disconnects_mid_reply_leave_nothing_running(server):
             return (await client.recv(timeout=10))["type"]
 
     assert asyncio.run(still_alive()) == "session.created"
+
+
+def test_beta_clients_get_the_beta_event_names(server):
+    async def run():
+        async with websockets.connect(server.ws_url, additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws:
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hi."}]}}))
+            await ws.send(json.dumps({"type": "response.create"}))
+            kinds = []
+            async with asyncio.timeout(60):
+                while not kinds or kinds[-1] != "response.done":
+                    kinds.append(json.loads(await ws.recv())["type"])
+            return kinds
+
+    kinds = asyncio.run(run())
+    assert "response.audio.delta" in kinds and "response.audio_transcript.done" in kinds
+    assert "conversation.item.created" in kinds
+    assert not any(k.startswith("response.output_audio") for k in kinds)

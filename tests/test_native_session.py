@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from voxloop.codecs.audiofile import load_audio, save_audio
+from voxloop.bench.speech import clip
+from voxloop.codecs.audiofile import load_audio
 from voxloop.codecs.encodec_stream import FRAME_SAMPLES, SAMPLE_RATE, StreamingDecoder, random_encodec
 from voxloop.codecs.pcm import pcm16_to_float
 from voxloop.voice.config import SessionConfig
@@ -25,21 +26,13 @@ from voxloop.voice.train_native import ConversationLayout, encode_pairs, read_pa
 from voxloop.voice.turns import TurnDetectionConfig
 from voxloop.voice.vad import SileroVAD
 
-SPEECH = "/work/shared/speech"
-USER_CLIP = f"{SPEECH}/cathy_cc0/arctic_a0039_1592747680.wav"
-REPLY_CLIP = f"{SPEECH}/cmu_arctic/arctic_a0024.wav"
+USER_CLIP = clip("arctic_a0039_1592747680").path
 BANDWIDTH = 1.5  # the tiny config's 2 codebooks
 # The recipe's default layout: the reply starts 200 ms after the user stops, 300 ms of silence follow it.
 LAYOUT = ConversationLayout()
 PCM16_STEP = 1 / 32768
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +46,9 @@ def vad():
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """Half a second of one speaker asking, half a second of another answering."""
-    folder = tmp_path_factory.mktemp("pair")
-    user, reply = folder / "user.wav", folder / "reply.wav"
-    save_audio(user, load_audio(USER_CLIP, SAMPLE_RATE)[: SAMPLE_RATE // 2], SAMPLE_RATE)
-    save_audio(reply, load_audio(REPLY_CLIP, SAMPLE_RATE)[: SAMPLE_RATE // 2], SAMPLE_RATE)
-    return user, reply
-
-
-@pytest.fixture(scope="module")
-def trained_model_dir(tmp_path_factory, codec, pair):
+def trained_model_dir(tmp_path_factory, codec, speech_pair):
     out_dir = tmp_path_factory.mktemp("trained")
-    return train([pair], out_dir, config_name="tiny", steps=150, lr=3e-3, batch_size=1, codec=codec, layout=LAYOUT,
+    return train([speech_pair], out_dir, config_name="tiny", steps=150, lr=3e-3, batch_size=1, codec=codec, layout=LAYOUT,
                  checkpoint_every=1000, show_progress=False)
 
 
@@ -94,12 +77,12 @@ def converse(models: NativeModels, audio: np.ndarray, policy: ResponsePolicy, se
     return events
 
 
-def test_a_trained_speech_lm_says_its_trained_reply_through_the_session(trained_model_dir, codec, vad, pair):
+def test_a_trained_speech_lm_says_its_trained_reply_through_the_session(trained_model_dir, codec, vad, speech_pair):
     model = SpeechLM.load(trained_model_dir)
     models = NativeModels(vad, codec, model, SamplingSettings(temperature=0), weights_note=f"trained: {trained_model_dir}",
                           name="voxloop-native/test")
-    conversation = encode_pairs(read_pairs([pair]), codec, BANDWIDTH, LAYOUT)[0]
-    user_track = np.concatenate([np.zeros(LAYOUT.lead_frames * FRAME_SAMPLES, np.float32), load_audio(pair[0], SAMPLE_RATE)])
+    conversation = encode_pairs(read_pairs([speech_pair]), codec, BANDWIDTH, LAYOUT)[0]
+    user_track = np.concatenate([np.zeros(LAYOUT.lead_frames * FRAME_SAMPLES, np.float32), load_audio(speech_pair[0], SAMPLE_RATE)])
     # The reply must end inside the trained conversation, before its 300 ms silent tail runs out.
     events = converse(models, user_track, ResponsePolicy(end_silence_ms=200))
     kinds = [e["type"] for _, e in events]

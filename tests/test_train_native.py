@@ -9,15 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from voxloop.bench.speech import clip
-from voxloop.codecs.audiofile import load_audio, save_audio
-from voxloop.codecs.encodec_stream import SAMPLE_RATE, StreamingDecoder, random_encodec
+from voxloop.codecs.encodec_stream import StreamingDecoder, random_encodec
 from voxloop.voice.speech_lm import IGNORE_INDEX, SamplingSettings, SpeechLM
 from voxloop.voice.train_native import (ConversationLayout, encode_pairs, latest_checkpoint, main, make_batch,
                                         read_pairs, train)
 
-USER_CLIP = clip("arctic_a0039_1592747680").path
-REPLY_CLIP = clip("arctic_a0024").path
 BANDWIDTH = 1.5  # the tiny config's 2 codebooks
 SHORT_LAYOUT = ConversationLayout(lead_frames=4, gap_frames=6, tail_frames=6)
 
@@ -30,30 +26,20 @@ def codec():
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """Half a second of one speaker asking, half a second of another answering."""
-    folder = tmp_path_factory.mktemp("pair")
-    user, reply = folder / "user.wav", folder / "reply.wav"
-    save_audio(user, load_audio(USER_CLIP, SAMPLE_RATE)[: SAMPLE_RATE // 2], SAMPLE_RATE)
-    save_audio(reply, load_audio(REPLY_CLIP, SAMPLE_RATE)[: SAMPLE_RATE // 2], SAMPLE_RATE)
-    return user, reply
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, codec, pair):
+def trained(tmp_path_factory, codec, speech_pair):
     out_dir = tmp_path_factory.mktemp("trained")
-    model_dir = train([pair], out_dir, config_name="tiny", steps=150, lr=3e-3, batch_size=1, codec=codec,
+    model_dir = train([speech_pair], out_dir, config_name="tiny", steps=150, lr=3e-3, batch_size=1, codec=codec,
                       layout=SHORT_LAYOUT, checkpoint_every=1000, show_progress=False)
     return out_dir, model_dir
 
 
-def test_learns_one_reply_and_serves_it_through_the_stream(trained, codec, pair):
+def test_learns_one_reply_and_serves_it_through_the_stream(trained, codec, speech_pair):
     out_dir, model_dir = trained
     losses = torch.load(latest_checkpoint(out_dir) / "training_state.pt", weights_only=True)["losses"]
     assert losses[-1] < losses[0] / 100
 
     # The reference is encoded independently of training's cache.
-    conversation = encode_pairs(read_pairs([pair]), codec, BANDWIDTH, SHORT_LAYOUT)[0]
+    conversation = encode_pairs(read_pairs([speech_pair]), codec, BANDWIDTH, SHORT_LAYOUT)[0]
     reply = conversation.assistant[:, conversation.reply_start:conversation.reply_start + conversation.reply_frames]
     assert conversation.reply_frames == 38 and len(set(reply[0].tolist())) > 5  # real, varied speech codes
 
@@ -88,48 +74,48 @@ def test_loss_plot_and_final_model_are_written(trained):
     assert latest_checkpoint(out_dir).name == "step_0000150"
 
 
-def test_resume_continues_the_step_counter(tmp_path, codec, pair):
+def test_resume_continues_the_step_counter(tmp_path, codec, speech_pair):
     common = dict(config_name="tiny", lr=2e-3, batch_size=2, codec=codec, layout=SHORT_LAYOUT,
                   checkpoint_every=3, show_progress=False)
-    train([pair], tmp_path, steps=6, **common)
+    train([speech_pair], tmp_path, steps=6, **common)
     assert latest_checkpoint(tmp_path).name == "step_0000006"
-    train([pair], tmp_path, steps=9, resume=True, **common)
+    train([speech_pair], tmp_path, steps=9, resume=True, **common)
     state = torch.load(latest_checkpoint(tmp_path) / "training_state.pt", weights_only=True)
     assert latest_checkpoint(tmp_path).name == "step_0000009"
     assert state["step"] == 9 and len(state["losses"]) == 9
     assert (tmp_path / "loss.png").is_file()
 
-    train([pair], tmp_path, steps=3, resume=False, **common)  # starts over
+    train([speech_pair], tmp_path, steps=3, resume=False, **common)  # starts over
     state = torch.load(latest_checkpoint(tmp_path) / "training_state.pt", weights_only=True)
     assert state["step"] == 3 and len(state["losses"]) == 3
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, codec, pair):
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, codec, speech_pair):
     common = dict(config_name="tiny", steps=6, lr=2e-3, batch_size=2, codec=codec, layout=SHORT_LAYOUT,
                   checkpoint_every=3, show_progress=False)
-    train([pair], tmp_path, **common)
+    train([speech_pair], tmp_path, **common)
     uninterrupted = load_file(str(tmp_path / "checkpoints" / "step_0000006" / "model.safetensors"))
     # As if the run had died after its step-3 checkpoint.
     shutil.rmtree(tmp_path / "checkpoints" / "step_0000006")
     shutil.rmtree(tmp_path / "model")
-    train([pair], tmp_path, resume=True, **common)
+    train([speech_pair], tmp_path, resume=True, **common)
     resumed = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert resumed.keys() == uninterrupted.keys()
     for name in resumed:
         assert torch.equal(resumed[name], uninterrupted[name]), name
 
 
-def test_resume_refuses_a_different_config(tmp_path, codec, pair):
-    train([pair], tmp_path, steps=1, codec=codec, layout=SHORT_LAYOUT, show_progress=False)
+def test_resume_refuses_a_different_config(tmp_path, codec, speech_pair):
+    train([speech_pair], tmp_path, steps=1, codec=codec, layout=SHORT_LAYOUT, show_progress=False)
     from voxloop.voice.speech_lm_config import config_by_name
 
     with pytest.raises(ValueError, match="different config"):
-        train([pair], tmp_path, steps=2, codec=codec, layout=SHORT_LAYOUT, show_progress=False,
+        train([speech_pair], tmp_path, steps=2, codec=codec, layout=SHORT_LAYOUT, show_progress=False,
               config=config_by_name("tiny").with_changes(n_layers=1))
 
 
-def test_make_batch_pads_and_crops(codec, pair):
-    conversation = encode_pairs(read_pairs([pair]), codec, BANDWIDTH, SHORT_LAYOUT)[0]
+def test_make_batch_pads_and_crops(codec, speech_pair):
+    conversation = encode_pairs(read_pairs([speech_pair]), codec, BANDWIDTH, SHORT_LAYOUT)[0]
     length = conversation.user.shape[-1]
     generator = torch.Generator().manual_seed(0)
     user_in, assistant_in, targets = make_batch([conversation], [0, 0], 1024, max_steps=length, generator=generator)
@@ -143,8 +129,8 @@ def test_make_batch_pads_and_crops(codec, pair):
     assert cropped[0].shape == (1, 2, 20)
 
 
-def test_read_pairs_from_tsv_and_folders(tmp_path, pair):
-    user, reply = pair
+def test_read_pairs_from_tsv_and_folders(tmp_path, speech_pair):
+    user, reply = speech_pair
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text(f"user\treply\n# a comment\n{user}\t{reply}\n")
     assert [(p.user, p.reply) for p in read_pairs(tsv)] == [(user, reply)]
@@ -172,11 +158,11 @@ def test_read_pairs_from_tsv_and_folders(tmp_path, pair):
         read_pairs(tmp_path / "does-not-exist")
 
 
-def test_command_line_trains_with_a_local_codec_checkpoint(tmp_path, codec, pair, capsys):
+def test_command_line_trains_with_a_local_codec_checkpoint(tmp_path, codec, speech_pair, capsys):
     checkpoint = tmp_path / "encodec.safetensors"
     save_file({name: tensor.contiguous() for name, tensor in codec.state_dict().items()}, str(checkpoint))
     tsv = tmp_path / "pairs.tsv"
-    tsv.write_text(f"{pair[0]}\t{pair[1]}\n")
+    tsv.write_text(f"{speech_pair[0]}\t{speech_pair[1]}\n")
     main([str(tsv), str(tmp_path / "out"), "--steps", "2", "--batch-size", "1", "--checkpoint-every", "1",
           "--codec-checkpoint", str(checkpoint)])
     assert "speech LM saved to" in capsys.readouterr().out
@@ -184,12 +170,12 @@ def test_command_line_trains_with_a_local_codec_checkpoint(tmp_path, codec, pair
     assert latest_checkpoint(tmp_path / "out").name == "step_0000002"
 
 
-def test_encoded_pairs_are_cached(tmp_path, codec, pair):
-    first = encode_pairs(read_pairs([pair]), codec, BANDWIDTH, SHORT_LAYOUT, cache_dir=tmp_path)
+def test_encoded_pairs_are_cached(tmp_path, codec, speech_pair):
+    first = encode_pairs(read_pairs([speech_pair]), codec, BANDWIDTH, SHORT_LAYOUT, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
-    second = encode_pairs(read_pairs([pair]), codec, BANDWIDTH, SHORT_LAYOUT, cache_dir=tmp_path)
+    second = encode_pairs(read_pairs([speech_pair]), codec, BANDWIDTH, SHORT_LAYOUT, cache_dir=tmp_path)
     assert torch.equal(first[0].assistant, second[0].assistant) and second[0].reply_start == first[0].reply_start
     # Another layout or another codec is another entry, not a stale hit.
-    encode_pairs(read_pairs([pair]), codec, BANDWIDTH, ConversationLayout(lead_frames=0), cache_dir=tmp_path)
-    encode_pairs(read_pairs([pair]), random_encodec(seed=1, bandwidth=BANDWIDTH), BANDWIDTH, SHORT_LAYOUT, cache_dir=tmp_path)
+    encode_pairs(read_pairs([speech_pair]), codec, BANDWIDTH, ConversationLayout(lead_frames=0), cache_dir=tmp_path)
+    encode_pairs(read_pairs([speech_pair]), random_encodec(seed=1, bandwidth=BANDWIDTH), BANDWIDTH, SHORT_LAYOUT, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
