@@ -5,7 +5,8 @@
 # Safe to re-run: it only installs what is missing.
 #
 #   ./install.sh          runtime, test and XTTS dependencies
-#   CMAKE_ARGS="-DGGML_CUDA=on" ./install.sh    llama.cpp with CUDA (needs nvcc)
+# llama.cpp with CUDA (needs nvcc), afterwards; pip would otherwise reuse its cached CPU build:
+#   CMAKE_ARGS="-DGGML_CUDA=on" .venv/bin/pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python
 set -euo pipefail
 cd "$(dirname "$0")"
 

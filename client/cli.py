@@ -11,6 +11,7 @@ from dataclasses import replace
 from rich.console import Console
 
 from voxloop.client.realtime_client import DEFAULT_URL
+from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.turns import TurnDetectionConfig
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -134,7 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                           partial_transcripts=False), policy),
                                    model_name=models.name, transcription_model=NO_TRANSCRIPTION)
         else:
+            generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None)
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
+                                                                                    generation=replace(generation),
                                                                                     history_window=args.history_window)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"pause that ends a turn whose words sound unfinished (default: {defaults.unfinished_silence_ms})")
     turns.add_argument("--eager-ms", type=int, default=defaults.eager_after_ms,
                        help=f"pause after which the reply starts speculatively; 0: off (default: {defaults.eager_after_ms})")
+    turns.add_argument("--first-clause-chars", type=int, default=GenerationSettings().first_clause_max_chars,
+                       help="cut the reply's first clause for TTS by this many characters even without punctuation; "
+                            "0: only at punctuation (default: %(default)s)")
     turns.add_argument("--history-window", choices=["stable", "sliding"], default="stable",
                        help="trim old conversation half a window at a time, keeping the LLM's cached prompt "
                             "(stable, default), or one item at a time (sliding)")

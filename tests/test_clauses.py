@@ -44,3 +44,11 @@ def test_punctuation_only_pieces_are_dropped():
 
 def test_speakable_strips_markdown_and_emoji():
     assert speakable("**Sure!** Here is `code` 😀 for you") == "Sure! Here is code for you"
+
+
+def test_a_long_first_sentence_is_cut_at_a_word_boundary_when_capped():
+    text = "I think that the weather over the northern mountains will be lovely tomorrow morning. Bring a coat."
+    capped = stream(text, ClauseChunker(first_clause_max_chars=40))
+    assert capped[0] == "I think that the weather over the"
+    assert len(capped[0]) <= 40 and " ".join(capped) == text
+    assert stream(text, ClauseChunker())[0] == text.split(". ")[0] + "."

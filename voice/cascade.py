@@ -67,7 +67,7 @@ class CascadeResponder:
             await asyncio.gather(producer, return_exceptions=True)
 
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float]) -> None:
-        chunker = ClauseChunker()
+        chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars)
         try:
             async with aclosing(self.llm.stream(messages, settings)) as pieces:
                 async for piece in pieces:

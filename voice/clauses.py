@@ -16,8 +16,12 @@ _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc"
 
 
 class ClauseChunker:
-    def __init__(self, first_clause_min_chars: int = 12, clause_min_chars: int = 60, max_chars: int = 220):
+    def __init__(self, first_clause_min_chars: int = 12, clause_min_chars: int = 60, max_chars: int = 220,
+                 first_clause_max_chars: int | None = None):
+        """`first_clause_max_chars`: cut the first clause at a word boundary by this length even
+        without punctuation, so a long opening sentence does not hold back the first audio."""
         self.first_clause_min_chars = first_clause_min_chars
+        self.first_clause_max_chars = first_clause_max_chars or max_chars
         self.clause_min_chars = clause_min_chars
         self.max_chars = max_chars
         self._buffer = ""
@@ -67,11 +71,12 @@ class ClauseChunker:
                 if not self._emitted_any:
                     return i + 1
                 last_clause_cut = i + 1
-        if len(text) >= self.max_chars:
+        max_chars = self.max_chars if self._emitted_any else self.first_clause_max_chars
+        if len(text) >= max_chars:
             if last_clause_cut is not None:
                 return last_clause_cut
-            space = text.rfind(" ", 0, self.max_chars)
-            return space + 1 if space > 0 else self.max_chars
+            space = text.rfind(" ", 0, max_chars)
+            return space + 1 if space > 0 else max_chars
         return None
 
     @staticmethod

@@ -26,6 +26,9 @@ class GenerationSettings:
     max_tokens: int = 96
     temperature: float = 0.6
     top_p: float = 0.9
+    # How the reply is cut for speech: the first clause ends by this length at a word boundary
+    # even without punctuation (None: only at punctuation or 220 characters).
+    first_clause_max_chars: int | None = 48
 
 
 class ChatLLM(Protocol):

@@ -208,7 +208,8 @@ class VoiceSession:
         turn_detection = self.config.turn_detection
         if turn_detection is None:
             return transcript
-        if sounds_unfinished(transcript.text):
+        still_pausing = self._turn is not None and self._turn.speculation is speculation
+        if still_pausing and sounds_unfinished(transcript.text):
             self._detector.hold_pause(max(turn_detection.unfinished_silence_ms, turn_detection.silence_duration_ms))
         if transcript.text and turn_detection.create_response and not self.response_active:
             messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=transcript.text)
