@@ -269,10 +269,11 @@ def _as_samples(pcm: np.ndarray) -> np.ndarray:
     return array
 
 
-class StreamingEncoder:
-    """Encodes one stream of 24 kHz mono float32 pcm, chunk by chunk, into code frames."""
+class _CodecStream:
+    """What the encoder and decoder streams share: the model, its codebooks at this bandwidth,
+    and a stateful copy of one SEANet half."""
 
-    def __init__(self, model: EncodecModel, bandwidth: float = 1.5, start: Start = "silence"):
+    def __init__(self, model: EncodecModel, bandwidth: float, start: Start, seanet: torch.nn.Module):
         _check_streamable(model)
         self.model = model
         self.bandwidth = bandwidth
@@ -281,11 +282,21 @@ class StreamingEncoder:
         self.cardinality = model.quantizer.bins
         self._device = _model_device(model)
         with torch.no_grad():
-            self._stack = StreamingStack.from_modules(model.encoder.model, start)
+            self._stack = StreamingStack.from_modules(seanet.model, start)
         self.reset()
 
     def reset(self) -> None:
         self._stack.reset()
+
+
+class StreamingEncoder(_CodecStream):
+    """Encodes one stream of 24 kHz mono float32 pcm, chunk by chunk, into code frames."""
+
+    def __init__(self, model: EncodecModel, bandwidth: float = 1.5, start: Start = "silence"):
+        super().__init__(model, bandwidth, start, model.encoder)
+
+    def reset(self) -> None:
+        super().reset()
         self.samples_received = 0
         self.frames_returned = 0
 
@@ -322,23 +333,14 @@ class StreamingEncoder:
         return self.encode(np.zeros(missing, dtype=np.float32))
 
 
-class StreamingDecoder:
+class StreamingDecoder(_CodecStream):
     """Decodes one stream of code frames, chunk by chunk, into 24 kHz mono float32 pcm."""
 
     def __init__(self, model: EncodecModel, bandwidth: float = 1.5, start: Start = "silence"):
-        _check_streamable(model)
-        self.model = model
-        self.bandwidth = bandwidth
-        self.start = start
-        self.n_codebooks = _codebooks_for(model, bandwidth)
-        self.cardinality = model.quantizer.bins
-        self._device = _model_device(model)
-        with torch.no_grad():
-            self._stack = StreamingStack.from_modules(model.decoder.model, start)
-        self.reset()
+        super().__init__(model, bandwidth, start, model.decoder)
 
     def reset(self) -> None:
-        self._stack.reset()
+        super().reset()
         self.frames_received = 0
 
     def decode(self, codes: torch.LongTensor) -> np.ndarray:
