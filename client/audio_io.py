@@ -217,7 +217,33 @@ def parse_device(text: str | None) -> int | str | None:
     return int(text) if text.strip().isdigit() else text
 
 
-class SoundDeviceAudio:
+class BufferedPlayback:
+    """The playback half of an `AudioDevice`, for devices that play from a `PlaybackBuffer`."""
+
+    _playback: PlaybackBuffer
+
+    def play(self, samples: np.ndarray) -> float:
+        return self._playback.write(samples)
+
+    def end_of_audio(self) -> None:
+        self._playback.end_of_audio()
+
+    def flush(self) -> None:
+        self._playback.flush()
+
+    @property
+    def played_ms(self) -> float:
+        return self._playback.played_ms
+
+    @property
+    def queued_ms(self) -> float:
+        return self._playback.queued_ms
+
+    def take_played(self) -> np.ndarray:
+        return self._playback.take_reference()
+
+
+class SoundDeviceAudio(BufferedPlayback):
     """The default (or chosen) microphone and speaker through PortAudio, resampled to the wire rate."""
 
     def __init__(self, input_device: int | str | None = None, output_device: int | str | None = None,
@@ -283,23 +309,6 @@ class SoundDeviceAudio:
                 if attempt == len(channel_options) - 1:
                     raise
         raise AssertionError("unreachable")
-
-    def play(self, samples: np.ndarray) -> float:
-        return self._playback.write(samples)
-
-    def end_of_audio(self) -> None:
-        self._playback.end_of_audio()
-
-    def flush(self) -> None:
-        self._playback.flush()
-
-    @property
-    def played_ms(self) -> float:
-        return self._playback.played_ms
-
-    @property
-    def queued_ms(self) -> float:
-        return self._playback.queued_ms
 
     def take_played(self) -> np.ndarray:
         return self._reference_resampler.process(self._playback.take_reference())

@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from voxloop.client.audio_io import BLOCK_MS, WIRE_RATE, MicCallback, PlaybackBuffer
+from voxloop.client.audio_io import BLOCK_MS, WIRE_RATE, BufferedPlayback, MicCallback, PlaybackBuffer
 
 
-class ScriptedAudio:
+class ScriptedAudio(BufferedPlayback):
     input_latency_ms = 0.0
     output_latency_ms = 0.0
 
@@ -81,26 +81,6 @@ class ScriptedAudio:
             on_mic_block(mic, now)
             due += self.block / WIRE_RATE
             time.sleep(max(0.0, due - time.monotonic()))
-
-    def play(self, samples: np.ndarray) -> float:
-        return self._playback.write(samples)
-
-    def end_of_audio(self) -> None:
-        self._playback.end_of_audio()
-
-    def flush(self) -> None:
-        self._playback.flush()
-
-    @property
-    def played_ms(self) -> float:
-        return self._playback.played_ms
-
-    @property
-    def queued_ms(self) -> float:
-        return self._playback.queued_ms
-
-    def take_played(self) -> np.ndarray:
-        return self._playback.take_reference()
 
     def close(self) -> None:
         self._stop.set()
