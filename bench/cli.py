@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +44,12 @@ async def _interleaved(variants: list[Variant], clips, turns: int, bar: tqdm) ->
     """One conversation per variant, all open at once; turn i goes to each variant in an order
     that alternates, so neither always runs first."""
     results: list[TurnMeasurement] = []
-    clients = [RealtimeClient(v.url) for v in variants]
-    mics = []
-    try:
-        for client in clients:
-            await client.__aenter__()
-            mic = PacedMicrophone(client)
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(RealtimeClient(v.url)) for v in variants]
+        mics = [PacedMicrophone(client) for client in clients]
+        for mic in mics:
             mic.start()
-            mics.append(mic)
+            stack.push_async_callback(mic.stop)
         for index in range(turns):
             clip = clips[index % len(clips)]
             order = list(range(len(variants)))
@@ -62,11 +61,6 @@ async def _interleaved(variants: list[Variant], clips, turns: int, bar: tqdm) ->
                 bar.set_postfix_str(f"{turn.variant} {clip.name}: "
                                     + ("no reply" if turn.voice_to_voice_ms is None else f"{turn.voice_to_voice_ms:.0f} ms"))
                 bar.update()
-    finally:
-        for mic in mics:
-            await mic.stop()
-        for client in clients:
-            await client.__aexit__(None, None, None)
     return results
 
 

@@ -15,11 +15,10 @@ from voxloop.bench.speech_end import speech_end
 from voxloop.bench.wer import word_error_rate
 from voxloop.client.realtime_client import RealtimeClient
 from voxloop.codecs.audiofile import load_audio
-from voxloop.codecs.pcm import pcm16_to_float
+from voxloop.codecs.pcm import WIRE_RATE, pcm16_to_float
 
-RATE = 24000
 BLOCK_S = 0.02  # a 20 ms microphone block
-AUDIBLE_WINDOW = RATE // 100  # 10 ms
+AUDIBLE_WINDOW = WIRE_RATE // 100  # 10 ms
 AUDIBLE_FLOOR = 10 ** (-45 / 20)  # -45 dBFS RMS over 10 ms
 TURN_TIMEOUT_S = 45.0
 
@@ -75,7 +74,7 @@ class PacedMicrophone:
         return await spoken
 
     async def _run(self) -> None:
-        block = int(BLOCK_S * RATE)
+        block = int(BLOCK_S * WIRE_RATE)
         silence = np.zeros(block, dtype=np.float32)
         start = time.monotonic()
         sent_blocks = 0
@@ -111,8 +110,8 @@ def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[flo
             rms = np.sqrt(np.mean(audio[:usable].reshape(-1, AUDIBLE_WINDOW) ** 2, axis=1))
             loud = np.nonzero(rms > AUDIBLE_FLOOR)[0]
             if loud.size:
-                return play_start + loud[0] * AUDIBLE_WINDOW / RATE, arrival
-        play_end = play_start + audio.size / RATE
+                return play_start + loud[0] * AUDIBLE_WINDOW / WIRE_RATE, arrival
+        play_end = play_start + audio.size / WIRE_RATE
     return None
 
 
@@ -138,7 +137,7 @@ async def run_session(url: str, clips: list[Clip], variant: str, session_index: 
 
 async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, variant: str, session_index: int,
                     cancel_after_first_audio: bool) -> TurnMeasurement:
-    audio = load_audio(clip.path, RATE)
+    audio = load_audio(clip.path, WIRE_RATE)
     end_s = speech_end(clip)
     turn = TurnMeasurement(clip.name, variant, session_index, clip.duration_s, end_s, reference=clip.transcript)
     spoken_at = asyncio.create_task(mic.say(audio))

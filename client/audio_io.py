@@ -23,9 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
+from voxloop.codecs.pcm import WIRE_RATE
 from voxloop.codecs.resample import StreamResampler
 
-WIRE_RATE = 24000
 BLOCK_MS = 20  # the mic/speaker block: barge-in silences the speaker within one of these
 # PortAudio's "high" suggested latency (tens of ms): "low" underruns on a busy machine or through PulseAudio,
 # and every underrun is an audible click.

@@ -31,7 +31,15 @@ class RealtimeClient:
         await self._ws.close()
 
     async def send(self, event: dict[str, Any]) -> None:
-        await self._ws.send(json.dumps(event))
+        await self.send_raw(json.dumps(event))
+
+    async def send_raw(self, message: str | bytes) -> None:
+        """One websocket frame exactly as given (what `send` does after encoding the event)."""
+        await self._ws.send(message)
+
+    def abort(self) -> None:
+        """Drop the connection without a close handshake, as a crashed client or a lost network does."""
+        self._ws.transport.abort()
 
     async def append_audio(self, samples_24k: np.ndarray) -> None:
         await self.send({"type": "input_audio_buffer.append", "audio": encode_base64_pcm16(samples_24k)})

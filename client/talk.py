@@ -18,9 +18,8 @@ from rich.console import Console
 
 from voxloop.client.realtime_client import RealtimeClient
 from voxloop.codecs.audiofile import load_audio, save_audio
-from voxloop.codecs.pcm import pcm16_to_float
+from voxloop.codecs.pcm import WIRE_RATE, pcm16_to_float
 
-WIRE_RATE = 24000
 CHUNK_S = 0.04  # a 40 ms mic block
 SETTLE_S = 0.8  # quiet time after the last reply before the turn counts as over
 

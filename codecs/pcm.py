@@ -7,6 +7,9 @@ import binascii
 
 import numpy as np
 
+# The wire protocol's audio: pcm16, mono, 24 kHz, as in the OpenAI Realtime API.
+WIRE_RATE = 24000
+
 
 class AudioFormatError(ValueError):
     """Audio bytes that cannot be PCM16: bad base64 or an odd byte count."""

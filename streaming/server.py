@@ -24,7 +24,6 @@ from voxloop.voice.session import VoiceSession
 log = logging.getLogger(__name__)
 
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def _web_root() -> Path:

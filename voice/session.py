@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from voxloop.codecs.pcm import encode_base64_pcm16
+from voxloop.codecs.pcm import WIRE_RATE, encode_base64_pcm16
 from voxloop.codecs.resample import StreamResampler
 from voxloop.streaming import events as ev
 from voxloop.voice.asr import Transcript
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
-WIRE_RATE = 24000
 DELTA_SAMPLES = 2400  # 100 ms of 24 kHz audio per output_audio.delta
 # Outgoing audio may run ahead of real time by a short burst, then at most PACE x real time:
 # enough to ride out a TTS hiccup, little enough that a barge-in leaves little audio queued.

@@ -15,11 +15,12 @@ from typing import Protocol
 
 import numpy as np
 
+from voxloop.codecs.pcm import WIRE_RATE
 from voxloop.codecs.resample import StreamResampler
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.threaded import iterate_in_thread
 
-OUTPUT_RATE = 24000
+OUTPUT_RATE = WIRE_RATE  # backends deliver audio ready for the wire
 
 
 class SpeechSynthesizer(Protocol):
