@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The GPU benchmark on a CUDA machine with no network, from a bundle made by
+# `python -m voxloop.bench.gpu_bundle` (see bench/README-gpu.md). Run from the voxloop checkout:
+#
+#   bench/gpu_run.sh stage DIR      add the bundle parts in DIR (bundle.json and/or parts) to $WORK
+#   bench/gpu_run.sh install        check and unpack the parts, install the wheels, build llama.cpp with CUDA
+#   bench/gpu_run.sh bench ARGS...  voxloop bench with the GPU serve arguments; ARGS go to voxloop bench
+#   bench/gpu_run.sh serve-args     print those serve arguments
+#
+# Needs python3 with PyTorch, nvcc, cmake, ninja and scikit-build-core (a CUDA PyTorch image has them).
+# WORK (default /tmp/voxloop-gpu) keeps the parts, the unpacked bundle and the installed packages;
+# CUDA_ARCHITECTURES (default: native) picks the GPUs llama.cpp is compiled for.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${VOXLOOP_GPU_WORK:-/tmp/voxloop-gpu}
+SITE=$WORK/site
+PYTHON=${PYTHON:-python3}
+
+stage() {
+    mkdir -p "$WORK/parts"
+    cp -v "$1"/bundle.json "$1"/bundle.tar.part* "$WORK/parts/" 2>/dev/null || true
+    ls "$WORK/parts"
+}
+
+install() {
+    local parts=$WORK/parts
+    [ -f "$parts/bundle.json" ] || { echo "no bundle.json in $parts: stage the bundle first" >&2; exit 1; }
+    echo "checking the parts against bundle.json"
+    "$PYTHON" - "$parts" <<'EOF'
+import hashlib, json, pathlib, sys
+parts = pathlib.Path(sys.argv[1])
+expected = json.loads((parts / "bundle.json").read_text())["parts"]
+missing = [name for name in expected if not (parts / name).exists()]
+if missing:
+    sys.exit(f"missing parts: {', '.join(missing)}")
+for name, digest in expected.items():
+    if hashlib.sha256((parts / name).read_bytes()).hexdigest() != digest:
+        sys.exit(f"{name} is corrupt (sha256 differs from bundle.json)")
+print(f"{len(expected)} parts intact")
+EOF
+    rm -rf "$WORK/bundle" && mkdir -p "$WORK/bundle"
+    cat "$parts"/bundle.tar.part* | tar -x -C "$WORK/bundle"
+    echo "installing wheels into $SITE"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WORK"/bundle/wheels/*.whl
+    if ! ls "$WORK"/bundle/wheels/voxloop-*.whl >/dev/null 2>&1; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" .
+    fi
+    echo "building llama-cpp-python with CUDA (a few minutes)"
+    local started=$SECONDS
+    CMAKE_ARGS="-DGGML_CUDA=on -DLLAVA_BUILD=off -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES:-native}" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
+        "$WORK"/bundle/llama_cpp_python-*.tar.xz
+    echo "llama.cpp built in $((SECONDS - started)) s"
+    PYTHONPATH=$SITE "$PYTHON" -c "import llama_cpp; print('llama.cpp GPU offload:', llama_cpp.llama_supports_gpu_offload())"
+}
+
+asr_device() {
+    # CTranslate2's wheels are built against CUDA 12; on a CUDA 13 machine Whisper stays on the CPU.
+    PYTHONPATH=$SITE "$PYTHON" - "$WORK/bundle/models/whisper-tiny.en" <<'EOF' 2>/dev/null || echo cpu
+import sys, numpy
+from faster_whisper import WhisperModel
+model = WhisperModel(sys.argv[1], device="cuda", compute_type="float16")
+list(model.transcribe(numpy.zeros(16000, dtype=numpy.float32))[0])
+print("cuda")
+EOF
+}
+
+serve_args() {
+    local models=$WORK/bundle/models device
+    device=$(asr_device)
+    local compute=int8
+    [ "$device" = cuda ] && compute=float16
+    echo "--asr-model $models/whisper-tiny.en --asr-device $device --asr-compute-type $compute" \
+         "--llm-gguf $(ls "$models"/*.gguf) --llm-gpu-layers -1 --piper-voice $(ls "$models"/*.onnx)"
+}
+
+bench() {
+    local args
+    args=$(serve_args)
+    echo "serve args: $args"
+    VOXLOOP_SPEECH_DIR=$WORK/bundle/speech PYTHONPATH=$SITE PYTHONUNBUFFERED=1 \
+        "$PYTHON" -m voxloop.client.cli bench --serve-args "$args" "$@"
+}
+
+case "${1:-}" in
+    stage) stage "$2" ;;
+    install) install ;;
+    serve-args) serve_args ;;
+    bench) shift; bench "$@" ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
