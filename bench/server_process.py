@@ -55,7 +55,8 @@ def start_server(args: list[str], log_dir: Path, name: str = "server", startup_t
     (models loaded and warm)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log_path = log_dir / f"{name}-{port}.log"
+    # A variant named by its serve arguments can be long; file names cannot.
+    log_path = log_dir / f"{name[:80]}-{port}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "voxloop.client.cli", "-v", "serve", "--port", str(port), *args],
                                    stdout=log, stderr=subprocess.STDOUT)
