@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark on a CUDA machine with no network, from a bundle made by
-# `python -m voxloop.bench.gpu_bundle` (see bench/README-gpu.md). Run from the voxloop checkout:
+# `python -m voxloop.bench.gpu_bundle` (see "On a GPU" in README.md). Run from the voxloop checkout:
 #
 #   bench/gpu_run.sh stage DIR      add the bundle parts in DIR (bundle.json and/or parts) to $WORK
 #   bench/gpu_run.sh install        check and unpack the parts, install the wheels, build llama.cpp with CUDA
