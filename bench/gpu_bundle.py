@@ -64,12 +64,18 @@ def llama_cpp_source(target: Path) -> Path:
         out = target / sdist.name.replace(".tar.gz", ".tar.xz")
         with tarfile.open(sdist) as source, tarfile.open(out, "w:xz") as stripped:
             for member in source:
-                parts = Path(member.name).parts
-                if ".git" in parts[1:2] or (len(parts) > 3 and parts[1:3] == ("vendor", "llama.cpp")
-                                           and parts[3] in LLAMA_CPP_UNUSED):
+                if never_compiled(member.name):
                     continue
                 stripped.addfile(member, source.extractfile(member) if member.isfile() else None)
     return out
+
+
+def never_compiled(sdist_path: str) -> bool:
+    """Whether a path inside the llama-cpp-python sdist (`llama_cpp_python-X/...`) can be left out."""
+    parts = Path(sdist_path).parts
+    if parts[1:2] == (".git",):
+        return True
+    return len(parts) > 3 and parts[1:3] == ("vendor", "llama.cpp") and parts[3] in LLAMA_CPP_UNUSED
 
 
 def embedded_model_files() -> dict[str, Path]:

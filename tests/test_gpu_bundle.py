@@ -1,0 +1,38 @@
+"""The GPU bundle's packing: parts that join back into the same files, and the llama.cpp
+source filter that keeps everything that is compiled."""
+
+import tarfile
+
+from voxloop.bench.gpu_bundle import _write_parts, never_compiled
+
+
+def test_parts_join_back_into_the_same_files(tmp_path):
+    source = tmp_path / "source"
+    (source / "models").mkdir(parents=True)
+    payloads = {"models/a.bin": bytes(range(256)) * 40, "b.whl": b"wheel" * 3000, "models/c.json": b"{}"}
+    for name, data in payloads.items():
+        (source / name).write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    parts = _write_parts({name: source / name for name in payloads}, out, part_bytes=4096)
+
+    assert len(parts) > 3
+    assert all(p.stat().st_size == 4096 for p in parts[:-1])
+    joined = tmp_path / "joined.tar"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(joined) as tar:
+        assert {name: tar.extractfile(name).read() for name in payloads} == payloads
+
+
+def test_llama_cpp_filter_keeps_sources_and_drops_data():
+    root = "llama_cpp_python-0.3.36"
+    assert never_compiled(f"{root}/.git/modules/vendor/llama.cpp/objects/pack/pack-1.pack")
+    assert never_compiled(f"{root}/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf")
+    assert never_compiled(f"{root}/vendor/llama.cpp/docs/ops/CUDA.csv")
+    assert not never_compiled(f"{root}/vendor/llama.cpp/ggml/src/ggml-cuda/mmq.cu")
+    assert not never_compiled(f"{root}/vendor/llama.cpp/src/llama.cpp")
+    assert not never_compiled(f"{root}/llama_cpp/llama.py")
+    assert not never_compiled(f"{root}/CMakeLists.txt")
+    # a folder called "models" elsewhere is source, not test data
+    assert not never_compiled(f"{root}/vendor/llama.cpp/src/models/llama.cpp")
