@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from contextlib import aclosing
 from pathlib import Path
 
@@ -82,8 +83,19 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synth(checkpoint) -> XttsSynthesizer:
-    args = build_parser().parse_args(["serve", "--tts", "xtts", "--xtts-dir", str(checkpoint), "--xtts-device", "cpu"])
+def voice_dir(tmp_path_factory) -> Path:
+    """The folder of clips clients may choose from: one real voice and one file that is no audio."""
+    directory = tmp_path_factory.mktemp("voices")
+    clip = find_clip(REFERENCE_CLIP).path
+    shutil.copy(clip, directory / f"narrator{clip.suffix}")
+    (directory / "broken.wav").write_text("not a wav")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def synth(checkpoint, voice_dir) -> XttsSynthesizer:
+    args = build_parser().parse_args(["serve", "--tts", "xtts", "--xtts-dir", str(checkpoint), "--xtts-device", "cpu",
+                                      "--xtts-voice-dir", str(voice_dir)])
     backend = build_tts(_model_options(args))
     assert isinstance(backend, XttsSynthesizer)
     return backend
@@ -197,7 +209,7 @@ def test_a_cloned_voice_is_conditioned_once_for_every_sentence(synth, monkeypatc
     monkeypatch.setattr(synth.model, "get_gpt_cond_latents", gpt_latents)
     monkeypatch.setattr(synth.model, "get_speaker_embedding", speaker_embedding)
     chunk_size(4)
-    reference = str(find_clip(REFERENCE_CLIP).path)
+    reference = "narrator" + find_clip(REFERENCE_CLIP).path.suffix
 
     async def two_sentences():
         for sentence in ("First sentence.", "Second sentence."):
@@ -224,12 +236,22 @@ def test_builtin_speakers_come_from_the_file_and_unknown_names_fall_back_once(sy
     assert synth.voice_latents("alloy") is synth.voice_latents(SPEAKERS[0])
 
 
-def test_an_unreadable_reference_clip_falls_back_to_the_default_voice(synth, tmp_path, caplog):
-    not_audio = tmp_path / "voice.wav"
-    not_audio.write_text("not a wav")
+def test_an_unreadable_reference_clip_falls_back_to_the_default_voice(synth, caplog):
     with caplog.at_level(logging.WARNING, logger="voxloop.voice.tts_xtts"):
-        assert synth.voice_latents(str(not_audio)) is synth.voice_latents(None)
+        assert synth.voice_latents("broken") is synth.voice_latents(None)
     assert "cannot read the voice reference clip" in caplog.text
+
+
+def test_clients_pick_clips_by_name_inside_the_voice_folder_and_never_by_path(synth, voice_dir, caplog):
+    clip_name = "narrator" + find_clip(REFERENCE_CLIP).path.suffix
+    assert synth.voice_clip("narrator") == voice_dir / clip_name  # ".wav" is added only when the file has it
+    assert synth.voice_clip(clip_name) == voice_dir / clip_name
+    real_clip_path = str(find_clip(REFERENCE_CLIP).path)
+    for name in (real_clip_path, f"../{voice_dir.name}/{clip_name}", str(voice_dir / clip_name), ".hidden", ""):
+        assert synth.voice_clip(name) is None, name
+    with caplog.at_level(logging.WARNING, logger="voxloop.voice.tts_xtts"):
+        assert synth.voice_latents(real_clip_path) is synth.voice_latents(None)
+    assert "neither a built-in speaker nor a clip in" in caplog.text
 
 
 def test_long_text_is_cut_into_pieces_xtts_accepts(synth):

@@ -39,6 +39,7 @@ class ModelOptions:
     xtts_device: str = "auto"  # auto: cuda when available, else cpu
     xtts_language: str = "en"
     xtts_voice: str | None = None  # built-in speaker name or reference wav; None: the checkpoint's first speaker
+    xtts_voice_dir: str | None = None  # reference clips that clients may pick by file name
     xtts_chunk_tokens: int | None = None  # audio tokens per streamed chunk; None: 8 on a GPU, 20 on a CPU
     xtts_half: bool = False  # float16 autocast on CUDA
     threads: int = 0  # 0: all cores
@@ -80,7 +81,8 @@ def build_tts(options: ModelOptions) -> SpeechSynthesizer:
         from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
 
         return XttsSynthesizer(options.xtts_dir, device=options.xtts_device, language=options.xtts_language,
-                               default_voice=options.xtts_voice, stream_chunk_size=options.xtts_chunk_tokens,
+                               default_voice=options.xtts_voice, voice_dir=options.xtts_voice_dir,
+                               stream_chunk_size=options.xtts_chunk_tokens,
                                half_precision=options.xtts_half)
     raise ValueError(f"unknown TTS backend {options.tts!r} (available: piper, xtts)")
 

@@ -149,7 +149,11 @@ class XttsSynthesizer:
     """XTTS-v2 behind the `SpeechSynthesizer` protocol: float32 chunks at 24 kHz, cancellable."""
 
     def __init__(self, xtts_dir: str | os.PathLike | None = None, *, device: str = "auto", language: str = "en",
-                 default_voice: str | None = None, stream_chunk_size: int | None = None, half_precision: bool = False):
+                 default_voice: str | None = None, stream_chunk_size: int | None = None, half_precision: bool = False,
+                 voice_dir: str | os.PathLike | None = None):
+        """`default_voice`: a built-in speaker or any reference clip (the operator's choice).
+        `voice_dir`: the folder of reference clips that clients may pick by file name; clients
+        never name a path, so a remote client cannot make the server read its files."""
         if stream_chunk_size is not None and stream_chunk_size < 1:
             raise ValueError(f"stream_chunk_size must be at least 1 token, got {stream_chunk_size}")
         self.checkpoint_dir = resolve_checkpoint_dir(xtts_dir)
@@ -177,6 +181,9 @@ class XttsSynthesizer:
         self.sample_rate = int(self.model.hifigan_decoder.output_sample_rate)
         self.speakers: dict[str, dict[str, torch.Tensor]] = self.model.speaker_manager.speakers if self.model.speaker_manager else {}
         self._voices: dict[str, VoiceLatents] = {}
+        self.voice_dir = Path(voice_dir).expanduser().resolve() if voice_dir is not None else None
+        if self.voice_dir is not None and not self.voice_dir.is_dir():
+            raise ValueError(f"the XTTS voice folder {self.voice_dir} does not exist")
 
         self.default_voice = self._choose_default_voice(default_voice)
         self.name = f"xtts:{self.checkpoint_dir.name}"
@@ -227,23 +234,35 @@ class XttsSynthesizer:
         logger.info("computed XTTS conditioning latents for %s (%.1f s of reference)", clip_path, mono.size / CONDITIONING_RATE)
         return VoiceLatents(gpt_cond_latent, speaker_embedding)
 
+    def voice_clip(self, name: str) -> Path | None:
+        """The reference clip a client's voice name picks: `name` or `name.wav` in the voice
+        folder, and nothing outside it (no paths, no hidden files)."""
+        if self.voice_dir is None or not name or Path(name).name != name or name.startswith("."):
+            return None
+        for candidate in (self.voice_dir / name, self.voice_dir / f"{name}.wav"):
+            if candidate.is_file():
+                return candidate
+        return None
+
     def voice_latents(self, voice: str | None) -> VoiceLatents:
-        """The latents of a voice: cached, else a built-in speaker, else a reference clip, else the default."""
+        """The latents of a voice: cached, else a built-in speaker, else a clip in the voice folder, else the default."""
         name = voice or self.default_voice
         if name in self._voices:
             return self._voices[name]
+        clip = None if name in self.speakers else self.voice_clip(name)
         if name in self.speakers:
             latents = self._builtin_latents(name)
-        elif Path(name).expanduser().is_file():
+        elif clip is not None:
             try:
-                latents = self._clone_latents(Path(name).expanduser())
+                latents = self._clone_latents(clip)
             except ValueError as exc:
                 logger.warning("%s; speaking in the default voice %r instead", exc, self.default_voice)
                 latents = self._voices[self.default_voice]
         else:
             # Realtime clients send OpenAI's voice names ("alloy"); answer in the default voice, and say so once.
-            logger.warning("XTTS voice %r is neither a built-in speaker nor a readable clip; speaking in the default voice %r",
-                           name, self.default_voice)
+            where = f" nor a clip in {self.voice_dir}" if self.voice_dir else " (no --xtts-voice-dir to clone client voices from)"
+            logger.warning("XTTS voice %r is neither a built-in speaker%s; speaking in the default voice %r",
+                           name, where, self.default_voice)
             latents = self._voices[self.default_voice]
         self._voices[name] = latents
         return latents
