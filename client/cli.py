@@ -36,6 +36,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--xtts-device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
     group.add_argument("--xtts-language", default="en", help="XTTS language code (default: en)")
     group.add_argument("--xtts-voice", help="default XTTS voice: a built-in speaker name or a reference wav to clone")
+    group.add_argument("--xtts-voice-dir", metavar="DIR", help="reference clips that clients may choose as their voice by "
+                       "file name (session voice 'alice' -> DIR/alice.wav); clients never name a server path")
     group.add_argument("--xtts-chunk-tokens", type=int, help="XTTS audio tokens (about 46 ms each) per streamed chunk "
                        "(default: 8 on a GPU, 20 on a CPU)")
     group.add_argument("--xtts-half", action="store_true", help="XTTS in float16 autocast on CUDA (not faster on an H100)")
@@ -51,6 +53,7 @@ def _model_options(args: argparse.Namespace):
                         llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers, tts=args.tts,
                         piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
+                        xtts_voice_dir=args.xtts_voice_dir,
                         xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads)
 
 
