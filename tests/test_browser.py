@@ -153,6 +153,32 @@ def test_spoken_turn_shows_transcripts_latency_and_plays_the_reply(server: Serve
     assert [chip.split()[0] for chip in latency_chips] == ["server", "browser"], latency_chips
 
 
+def test_without_webrtc_the_reply_plays_directly_and_the_page_says_to_use_headphones(server: ServerProcess,
+                                                                                     tmp_path: Path) -> None:
+    """The fallback output path: with no RTCPeerConnection the echo-reference loopback cannot be
+    built, so playback goes straight to the speakers, and the page says so."""
+    spoken = find_clip(CLIP)
+    microphone = _fake_microphone(tmp_path / "mic.wav", [spoken], [], tail_s=40.0)
+    with _browser_tab(microphone) as tab:
+        page = tab.page
+        page.add_init_script("delete window.RTCPeerConnection")
+        _start_talking(tab, server.http_url)
+        _wait_for(tab, "() => window.voxloopStats.turns.some(t => t.status && t.playedMs !== null)", 60,
+                  "the assistant's reply to finish playing")
+        stats = page.evaluate(STATS)
+        output_info = page.inner_text("#output-info")
+        output_title = page.get_attribute("#output-info", "title")
+
+    assert stats["outputPath"] == "direct", stats["outputPath"]
+    assert "no WebRTC" in stats["outputPathReason"] and "no WebRTC" in output_title, output_title
+    assert output_info == "direct output: use headphones"
+    turn = stats["turns"][0]
+    assert turn["status"] == "completed" and turn["playedMs"] > 500, turn
+    assert stats["samplesPlayed"] >= turn["playedMs"] / 1000 * stats["playbackSampleRate"] * 0.99, stats
+    assert stats["loopbackSamplesReceived"] == 0
+    assert not stats["errors"], stats["errors"]
+
+
 def test_barge_in_flushes_playback_and_truncates_to_what_was_played(server: ServerProcess, tmp_path: Path) -> None:
     # The same sentence again and again, the pauses growing by 1 s: as long as a reply lasts over 1 s
     # and starts within 9 s (a busy 2-core machine), one of the repeats begins while it plays. The
