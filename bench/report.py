@@ -45,7 +45,8 @@ def machine_description() -> str:
 def summarize(turns: list[TurnMeasurement]) -> dict:
     ok = [t for t in turns if t.voice_to_voice_ms is not None]
     summary = {"turns": len(turns), "answered": len(ok), "voice_to_voice_ms": percentiles([t.voice_to_voice_ms for t in ok]),
-               "wer": float(np.mean([t.wer for t in turns if t.wer is not None])) if turns else None, "stages": {}}
+               "wer": float(np.mean([t.wer for t in turns if t.wer is not None])) if turns else None, "stages": {},
+               "false_end_turns": sum(1 for t in turns if t.false_ends)}
     for key, _ in STAGES:
         summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])
     return summary
@@ -56,12 +57,35 @@ def _fmt(value: float | None) -> str:
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
-    lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
         lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
-                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {s['wer']:.3f} |")
+                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {s['wer']:.3f} | {s.get('false_end_turns', 0)}/{s['turns']} |")
+    return "\n".join(lines)
+
+
+# Server facts (response.done's voxloop.timings) that explain a slow turn.
+_DIAGNOSTICS = [("end_silence_ms", "pause needed"), ("unfinished", "held because"), ("speculation", "speculation"),
+                ("speculations", "pauses"), ("llm_start_ms", "LLM start"), ("llm_prompt_tokens", "prompt tok"),
+                ("llm_cached_tokens", "cached tok")]
+
+
+def slow_turns_table(turns: list[TurnMeasurement], over_ms: float) -> str:
+    """One row per turn slower than `over_ms`: its stages and why the server took its time."""
+    slow = sorted((t for t in turns if t.voice_to_voice_ms is not None and t.voice_to_voice_ms > over_ms),
+                  key=lambda t: -t.voice_to_voice_ms)
+    if not slow:
+        return f"No turn took longer than {over_ms:.0f} ms."
+    header = ["clip", "variant", "ms", "end-of-turn", "ASR", "LLM", "TTS", *(label for _, label in _DIAGNOSTICS), "transcript end"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in slow:
+        facts = [t.server_timings.get(key) for key, _ in _DIAGNOSTICS]
+        cells = [t.clip, t.variant, _fmt(t.voice_to_voice_ms), _fmt(t.end_of_turn_ms), _fmt(t.asr_ms), _fmt(t.llm_ms), _fmt(t.tts_ms),
+                 *("–" if f is None else _fmt(f) if isinstance(f, float) else str(f) for f in facts),
+                 "…" + t.transcript[-30:].replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from voxloop.client.realtime_client import DEFAULT_URL
 from voxloop.voice.llm import GenerationSettings
+from voxloop.voice.config import SessionConfig
 from voxloop.voice.turns import TurnDetectionConfig
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -126,7 +127,9 @@ def _serve(args: argparse.Namespace) -> int:
         with console.status("warming up the models"):
             await models.warm_up()
         turn_detection = TurnDetectionConfig(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
-                                             eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms)
+                                             eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms,
+                                             unfinished_rule=args.unfinished_rule,
+                                             unpunctuated_silence_ms=args.unpunctuated_silence_ms)
         if args.path == "native":
             from voxloop.voice.native_models import NO_TRANSCRIPTION
             from voxloop.voice.native_session import NativeSession, ResponsePolicy
@@ -138,10 +141,12 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                           partial_transcripts=False), policy),
                                    model_name=models.name, transcription_model=NO_TRANSCRIPTION)
         else:
-            generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None)
+            generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None,
+                                            first_audio_first=args.first_audio_first)
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
                                                                                     generation=replace(generation),
-                                                                                    history_window=args.history_window)),
+                                                                                    history_window=args.history_window,
+                                                                                    llm_prewarm=args.llm_prewarm)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -198,14 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"pause that ends a turn (default: {defaults.silence_duration_ms})")
     turns.add_argument("--unfinished-silence-ms", type=int, default=defaults.unfinished_silence_ms,
                        help=f"pause that ends a turn whose words sound unfinished (default: {defaults.unfinished_silence_ms})")
+    turns.add_argument("--unfinished-rule", choices=["punctuation", "evidence"], default=defaults.unfinished_rule,
+                       help="when words sound unfinished: 'punctuation' (no final stop, or a word like 'and'/'that' even "
+                            "after a stop) holds --unfinished-silence-ms; 'evidence' holds it only for a word like "
+                            "'and'/'the' or a trailing comma, and --unpunctuated-silence-ms when only the final stop is "
+                            "missing (default: %(default)s)")
+    turns.add_argument("--unpunctuated-silence-ms", type=int, default=defaults.unpunctuated_silence_ms,
+                       help="with --unfinished-rule evidence: pause that ends a turn whose transcript only lacks final "
+                            "punctuation (default: %(default)s)")
     turns.add_argument("--eager-ms", type=int, default=defaults.eager_after_ms,
                        help=f"pause after which the reply starts speculatively; 0: off (default: {defaults.eager_after_ms})")
     turns.add_argument("--first-clause-chars", type=int, default=GenerationSettings().first_clause_max_chars,
                        help="cut the reply's first clause for TTS by this many characters even without punctuation; "
                             "0: only at punctuation (default: %(default)s)")
+    turns.add_argument("--first-audio-first", action=argparse.BooleanOptionalAction,
+                       default=GenerationSettings.first_audio_first,
+                       help="hold the embedded LLM from its first clause until TTS has the first audio, so the two do "
+                            "not share the CPU for the sound the user waits for (default: %(default)s)")
     turns.add_argument("--history-window", choices=["stable", "sliding"], default="stable",
                        help="trim old conversation half a window at a time, keeping the LLM's cached prompt "
                             "(stable, default), or one item at a time (sliding)")
+    turns.add_argument("--llm-prewarm", action=argparse.BooleanOptionalAction, default=SessionConfig.llm_prewarm,
+                       help="after each reply, evaluate the next prompt's system prompt and history on the LLM in the "
+                            "background (embedded llama.cpp only; default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

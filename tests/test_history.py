@@ -67,3 +67,18 @@ def test_a_stable_window_keeps_the_prompt_start_for_many_turns():
     # Sliding changes the prompt's start on every turn once full; stable only every max_items/2 items.
     assert len(set(starts_sliding)) == 12 - 4 + 1
     assert len(set(starts_stable)) == 1 + (12 * 2 - 8 + 3) // 4
+
+
+def test_the_next_prompt_prefix_is_how_the_next_turns_prompt_starts_across_window_trims():
+    for window in ("stable", "sliding"):
+        conversation = Conversation(max_items=6, window=window)
+        for turn in range(10):
+            prefix = conversation.next_prompt_prefix("sys")
+            speculative = conversation.chat_messages("sys", pending_user_text=f"question {turn}")
+            conversation.add(ConversationItem(f"u{turn}", "user", f"question {turn}"))
+            committed = conversation.chat_messages("sys")
+            # The speculative prompt (made before the user item exists) and the committed one agree,
+            # and both start with the prefix that could be evaluated before the turn began.
+            assert speculative == committed, (window, turn)
+            assert committed[:len(prefix)] == prefix and committed[len(prefix):] == [{"role": "user", "content": f"question {turn}"}]
+            conversation.add(ConversationItem(f"a{turn}", "assistant", f"answer {turn}"))

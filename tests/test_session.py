@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from voxloop.bench.speech import clip
 from voxloop.bench.wer import word_error_rate
 from voxloop.codecs.audiofile import load_audio
 from voxloop.voice.config import SessionConfig
+from voxloop.voice.history import ConversationItem
+from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.models import ModelOptions, load_cascade
 from voxloop.voice.session import VoiceSession
 from voxloop.voice.turns import TurnDetectionConfig
@@ -24,14 +28,17 @@ def models():
     return load_cascade(ModelOptions())
 
 
-def run_session(models, audio: np.ndarray, turn_detection: TurnDetectionConfig, settle_s: float = 8.0) -> list[dict]:
+def run_session(models, audio: np.ndarray, turn_detection: TurnDetectionConfig, settle_s: float = 8.0,
+                config: SessionConfig | None = None, history: list[ConversationItem] = ()) -> list[dict]:
     events: list[dict] = []
 
     async def emit(event: dict) -> None:
         events.append(event)
 
     async def run():
-        session = VoiceSession(models, emit, SessionConfig(turn_detection=turn_detection))
+        session = VoiceSession(models, emit, replace(config or SessionConfig(), turn_detection=turn_detection))
+        for item in history:
+            session.conversation.add(item)
         block = RATE // 50
         for start in range(0, audio.size, block):
             await session.append_audio(audio[start:start + block])
@@ -60,6 +67,8 @@ def test_a_mid_turn_pause_shorter_than_the_hangover_keeps_one_turn_and_its_specu
     assert word_error_rate("the ship should be in within a week or ten days it was my reports from the north which "
                            "chiefly induced people to buy", transcript) < 0.25, transcript
     assert kinds.count("response.created") == 1
+    timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    assert timings["speculations"] == 2  # one per pause: the first was dropped when speech resumed
 
 
 def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):
@@ -73,7 +82,36 @@ def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends
     assert timings["transcript_final_ms"] < 0
     assert timings["llm_first_token_ms"] < 0 and timings["tts_first_audio_ms"] < 0
     assert timings["first_audio_sent_ms"] < 200  # only the send is left once the turn is confirmed
+    assert timings["speculation"] == "reply" and timings["end_silence_ms"] == 2500 and timings["unfinished"] is None
+    assert timings["llm_start_ms"] < 0 and timings["llm_prompt_tokens"] > timings["llm_cached_tokens"] >= 0
 
     lazy = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=0))
     timings = next(e for e in lazy if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     assert timings["transcript_final_ms"] > 0
+    assert timings["speculation"] == "none" and timings["speculations"] == 0
+
+
+def test_the_llm_prewarm_has_the_history_evaluated_before_the_user_stops_speaking(models):
+    """The first turn of a session with history: the prompt's start is evaluated while the user
+    speaks, so the speculative reply's request finds all but the new words in the KV cache."""
+    history = []
+    for turn in range(6):
+        history += [ConversationItem(f"u{turn}", "user", f"Tell me one thing about the number {turn}."),
+                    ConversationItem(f"a{turn}", "assistant", f"The number {turn} comes right after {turn - 1}, of course.")]
+    speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
+    audio = np.concatenate([speech, np.zeros(3 * RATE, np.float32)])
+
+    async def evict_the_cache():
+        async with aclosing(models.llm.stream([{"role": "user", "content": "Name a colour."}], GenerationSettings(max_tokens=2))) as s:
+            async for _ in s:
+                pass
+
+    found = {}
+    for prewarm in (False, True):
+        asyncio.run(evict_the_cache())
+        events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160),
+                             config=SessionConfig(llm_prewarm=prewarm), history=history)
+        found[prewarm] = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    cold, warm = found[False], found[True]
+    assert cold["llm_cached_tokens"] < 10 < 200 < cold["llm_prompt_tokens"]
+    assert warm["llm_prompt_tokens"] - warm["llm_cached_tokens"] < 40  # only the user's new words were left

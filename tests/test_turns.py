@@ -65,3 +65,14 @@ def test_hold_pause_makes_an_unfinished_turn_wait_longer():
     # The next pause starts again from the configured hangover.
     events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 10]
     assert isinstance(events[-1], SpeechStopped)
+
+
+def test_speech_stopped_reports_the_pause_that_ended_the_turn():
+    detector = TurnDetector(TurnDetectionConfig(eager_after_ms=96, silence_duration_ms=320, min_speech_ms=32), FRAME_MS)
+    events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 20]
+    assert [e for e in events if isinstance(e, SpeechStopped)][0].silence_ms == 320
+    detector = TurnDetector(TurnDetectionConfig(eager_after_ms=96, silence_duration_ms=320, min_speech_ms=32), FRAME_MS)
+    events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 4]
+    detector.hold_pause(640)
+    events += [detector.process(p) for p in [0.0] * 30]
+    assert [e for e in events if isinstance(e, SpeechStopped)][0].silence_ms == 640

@@ -8,6 +8,7 @@ cancels the LLM producer too, and both model threads stop at their next token or
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -45,9 +46,13 @@ class CascadeResponder:
     async def respond(self, messages: list[dict[str, str]], settings: GenerationSettings, voice: str | None,
                       marks: dict[str, float]) -> AsyncIterator[SpeechPiece]:
         """Stream the spoken reply. Records `llm_first_token`, `llm_done` and `tts_first_audio`
-        (time.monotonic) into `marks`."""
+        (time.monotonic) into `marks`, and what the LLM reports of the request (ChatLLM.stream)."""
         clauses: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-        producer = asyncio.create_task(self._write_clauses(messages, settings, clauses, marks))
+        # Open: the LLM may run. Closed from the first clause to the first audio if asked to.
+        gate = threading.Event()
+        gate.set()
+        producer = asyncio.create_task(self._write_clauses(messages, settings, clauses, marks,
+                                                           gate if settings.first_audio_first else None))
         try:
             while (clause := await clauses.get()) is not None:
                 if isinstance(clause, BaseException):
@@ -60,20 +65,31 @@ class CascadeResponder:
                             if not audio.size:
                                 continue
                             marks["tts_first_audio"] = time.monotonic()
+                            gate.set()
                         yield SpeechPiece(audio, clause if first_chunk else None)
                         first_chunk = False
+                gate.set()  # a clause that made no audible sound must not keep the LLM waiting
         finally:
+            gate.set()  # a generation waiting on it must go on to see that it was abandoned
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
 
-    async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float]) -> None:
+    async def prewarm(self, messages: list[dict[str, str]]) -> int:
+        """Let the LLM evaluate the start of the next prompt ahead of time, if it can; returns
+        the tokens it holds for it (0 for an LLM that cannot)."""
+        prewarm = getattr(self.llm, "prewarm", None)
+        return await prewarm(messages) if prewarm is not None else 0
+
+    async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
+                             gate: threading.Event | None) -> None:
         chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars)
         try:
-            async with aclosing(self.llm.stream(messages, settings)) as pieces:
+            async with aclosing(self.llm.stream(messages, settings, stats=marks, gate=gate)) as pieces:
                 async for piece in pieces:
                     marks.setdefault("llm_first_token", time.monotonic())
                     for clause in chunker.push(piece):
-                        await self._put(clauses, clause)
+                        if await self._put(clauses, clause) and gate is not None and "tts_first_audio" not in marks:
+                            gate.clear()  # the first clause is out: let TTS have the cores for its first audio
             for clause in chunker.flush():
                 await self._put(clauses, clause)
             marks["llm_done"] = time.monotonic()
@@ -84,6 +100,8 @@ class CascadeResponder:
             await clauses.put(exc)
 
     @staticmethod
-    async def _put(clauses: asyncio.Queue, clause: str) -> None:
+    async def _put(clauses: asyncio.Queue, clause: str) -> bool:
         if text := speakable(clause):
             await clauses.put(text)
+            return True
+        return False

@@ -24,3 +24,6 @@ class SessionConfig:
     # How much of the conversation the LLM sees, and how it is trimmed (see Conversation).
     history_items: int = 24
     history_window: str = "stable"
+    # After each reply, let the LLM evaluate the next prompt's start (system prompt and history)
+    # in the background, so the next turn's first token pays only for the new user words.
+    llm_prewarm: bool = True

@@ -72,8 +72,8 @@ class Conversation:
         self.max_items = max_items
         self.window = window
 
-    def _window_start(self) -> int:
-        overflow = len(self.items) - self.max_items
+    def _window_start(self, pending_items: int = 0) -> int:
+        overflow = len(self.items) + pending_items - self.max_items
         if overflow <= 0:
             return 0
         if self.window == "sliding":
@@ -98,9 +98,19 @@ class Conversation:
 
     def chat_messages(self, instructions: str, pending_user_text: str | None = None) -> list[dict[str, str]]:
         """Chat-completion messages: system prompt, then recent turns, same-role turns merged.
-        `pending_user_text` is a user turn not yet in the history (a speculative one)."""
+        `pending_user_text` is a user turn not yet in the history (a speculative one); it counts
+        towards the window as the item it will become, so the speculative prompt and the one
+        made after the commit start alike."""
+        return self._messages(instructions, pending_user_text, pending_items=1 if pending_user_text else 0)
+
+    def next_prompt_prefix(self, instructions: str) -> list[dict[str, str]]:
+        """The messages the next user turn's prompt will start with: the window as it will be
+        once that turn is added, without the turn (what an LLM can evaluate ahead of time)."""
+        return self._messages(instructions, None, pending_items=1)
+
+    def _messages(self, instructions: str, pending_user_text: str | None, pending_items: int) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": instructions}] if instructions else []
-        turns = [(item.role, item.text) for item in self.items[self._window_start():]]
+        turns = [(item.role, item.text) for item in self.items[self._window_start(pending_items):]]
         if pending_user_text:
             turns.append(("user", pending_user_text))
         for role, text in turns:

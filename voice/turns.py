@@ -33,6 +33,14 @@ class TurnDetectionConfig:
     # Extension: the pause that ends a turn whose words sound unfinished ("... and", no
     # final punctuation), instead of silence_duration_ms.
     unfinished_silence_ms: int = 900
+    # Extension: how a transcript is judged unfinished (voice/speculation.py). "evidence": a
+    # continuer word ("and", "the") or trailing comma holds unfinished_silence_ms, a missing
+    # final stop alone holds unpunctuated_silence_ms, and a full stop after a word that often
+    # ends sentences ("that.", "so.") ends the turn normally. "punctuation" (the first rule):
+    # no final punctuation, or any continuer word even after a full stop, holds
+    # unfinished_silence_ms.
+    unfinished_rule: str = "evidence"
+    unpunctuated_silence_ms: int = 900
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class SpeechResumed:
 @dataclass(frozen=True)
 class SpeechStopped:
     audio_end_ms: int
+    silence_ms: int = 0  # the pause that ended the turn: silence_duration_ms, or what hold_pause asked for
 
 
 TurnEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechStopped
@@ -127,7 +136,7 @@ class TurnDetector:
             end = self._silence_start_ms
             self.reset()
             self._run_start_ms = None
-            return SpeechStopped(int(end))
+            return SpeechStopped(int(end), int(target))
         if not self._paused and cfg.eager_after_ms and silence >= cfg.eager_after_ms:
             self._paused = True
             return SpeechPaused(int(self._silence_start_ms))

@@ -1,0 +1,126 @@
+"""Pre-evaluating the next prompt's start on the real embedded LLM, and the prompt accounting
+that shows it (how many prompt tokens a request found in the KV cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import aclosing
+
+import pytest
+
+from voxloop.voice.history import Conversation, ConversationItem
+from voxloop.voice.llm import GenerationSettings, LlamaCppLLM, cached_prefix_tokens
+
+SYSTEM = "You are a friendly voice assistant. Answer in one short sentence."
+
+
+def test_cached_prefix_counts_the_common_start_and_replays_the_last_token_of_a_fully_cached_prompt():
+    assert cached_prefix_tokens([], [1, 2, 3]) == 0
+    assert cached_prefix_tokens([1, 2, 9, 9], [1, 2, 3]) == 2
+    assert cached_prefix_tokens([1, 2, 3, 4], [1, 2, 3]) == 2
+    assert cached_prefix_tokens([5], [1, 2]) == 0
+
+
+@pytest.fixture(scope="module")
+def llm():
+    model = LlamaCppLLM()
+    yield model
+    model.close()
+
+
+def conversation_after(turns: int) -> Conversation:
+    conversation = Conversation()
+    for turn in range(turns):
+        conversation.add(ConversationItem(f"u{turn}", "user", f"Tell me something nice about the number {turn}, please."))
+        conversation.add(ConversationItem(f"a{turn}", "assistant", f"The number {turn} is a fine number, friendly and round."))
+    return conversation
+
+
+async def first_token_stats(llm: LlamaCppLLM, messages: list[dict[str, str]]) -> dict:
+    stats: dict = {}
+    async with aclosing(llm.stream(messages, GenerationSettings(max_tokens=2), stats=stats)) as pieces:
+        async for _ in pieces:
+            break
+    return stats
+
+
+def next_turn(conversation: Conversation, text: str) -> list[dict[str, str]]:
+    return conversation.chat_messages(SYSTEM, pending_user_text=text)
+
+
+@pytest.mark.models
+def test_a_prewarmed_prefix_is_served_from_the_cache_on_the_next_turn(llm):
+    async def run():
+        # Something unrelated in the cache first: the next prompt shares none of it.
+        await first_token_stats(llm, [{"role": "user", "content": "Say a word about the sea."}])
+        conversation = conversation_after(5)
+        cold = await first_token_stats(llm, next_turn(conversation, "And what about seven?"))
+
+        await first_token_stats(llm, [{"role": "user", "content": "Say a word about the sea."}])
+        prefix = conversation.next_prompt_prefix(SYSTEM)
+        held = await llm.prewarm(prefix)
+        warm = await first_token_stats(llm, next_turn(conversation, "And what about seven?"))
+        return cold, held, warm, len(llm.prompt_prefix_tokens(prefix))
+
+    cold, held, warm, prefix_tokens = asyncio.run(run())
+    assert cold["llm_cached_tokens"] < 10  # only the chat template's first tokens, at most
+    assert held == prefix_tokens > 100
+    assert warm["llm_prompt_tokens"] == cold["llm_prompt_tokens"]
+    # The whole pre-evaluated prefix was matched: only the new user words were evaluated.
+    assert warm["llm_cached_tokens"] >= prefix_tokens
+    assert warm["llm_prompt_tokens"] - warm["llm_cached_tokens"] < 30
+
+
+@pytest.mark.models
+def test_prewarm_resumes_from_what_the_cache_already_holds(llm):
+    async def run():
+        conversation = conversation_after(3)
+        await llm.prewarm(conversation.next_prompt_prefix(SYSTEM))
+        conversation.add(ConversationItem("u9", "user", "One more question."))
+        conversation.add(ConversationItem("a9", "assistant", "Happy to help."))
+        prefix = conversation.next_prompt_prefix(SYSTEM)
+        held = await llm.prewarm(prefix)
+        warm = await first_token_stats(llm, next_turn(conversation, "Thanks!"))
+        return held, warm, len(llm.prompt_prefix_tokens(prefix))
+
+    held, warm, prefix_tokens = asyncio.run(run())
+    assert held == prefix_tokens
+    assert warm["llm_cached_tokens"] >= prefix_tokens
+
+
+@pytest.mark.models
+def test_prewarm_stops_as_soon_as_a_real_request_is_waiting(llm):
+    """The pre-warm is queued behind a generation; a real request queued after it must not
+    wait for it: the pre-warm finds the request waiting and gives up the worker unevaluated."""
+    release = threading.Event()
+
+    async def run():
+        await first_token_stats(llm, [{"role": "user", "content": "Say a word about the sky."}])
+        held_before = llm.llama.n_tokens
+        blocker = asyncio.get_running_loop().run_in_executor(llm._executor, release.wait)
+        prewarm = asyncio.create_task(llm.prewarm(conversation_after(8).next_prompt_prefix(SYSTEM)))
+        request = asyncio.create_task(first_token_stats(llm, [{"role": "user", "content": "Say a word about the sky."}]))
+        await asyncio.sleep(0.2)  # both are queued behind the blocker now
+        release.set()
+        await blocker
+        held = await prewarm
+        stats = await request
+        return held_before, held, stats
+
+    held_before, held, stats = asyncio.run(run())
+    assert held <= held_before  # nothing of the long prefix was evaluated
+    assert stats["llm_cached_tokens"] > 0  # and the request found its own earlier prompt still cached
+
+
+@pytest.mark.models
+def test_a_cancelled_prewarm_leaves_the_worker_free(llm):
+    async def run():
+        prewarm = asyncio.create_task(llm.prewarm(conversation_after(20).next_prompt_prefix(SYSTEM)))
+        await asyncio.sleep(0.05)
+        prewarm.cancel()
+        await asyncio.gather(prewarm, return_exceptions=True)
+        return await first_token_stats(llm, [{"role": "user", "content": "Hello!"}])
+
+    stats = asyncio.run(run())
+    assert stats["llm_prompt_tokens"] > 0

@@ -1,0 +1,60 @@
+"""Judging whether a speculative transcript sounds finished, and how long a pause that makes."""
+
+import pytest
+
+from voxloop.voice.speculation import CONTINUER, UNPUNCTUATED, sounds_unfinished, unfinished_hold, unfinished_reason
+from voxloop.voice.turns import TurnDetectionConfig
+
+
+@pytest.mark.parametrize("text", ["I'm sure all schools would accept that.", "No one will doubt my being so.",
+                                  "What is it for?", "Hello!", "He could wait no longer.", ""])
+def test_a_sentence_with_a_final_stop_is_finished_even_on_a_word_like_that(text):
+    assert unfinished_reason(text) is None
+
+
+@pytest.mark.parametrize("text", ["I went to the shop and", "and the.", "It was, uh", "As an example of fine typography,",
+                                  "well...", "I think that", "I want to"])
+def test_a_continuer_word_or_trailing_comma_is_strong_evidence(text):
+    assert unfinished_reason(text) == CONTINUER
+
+
+@pytest.mark.parametrize("text", ["ask what you can do for your country", "Hopefully we can learn from our mistakes"])
+def test_a_missing_final_stop_alone_is_weaker_evidence(text):
+    assert unfinished_reason(text) == UNPUNCTUATED
+
+
+def test_the_punctuation_rule_still_holds_on_a_continuer_after_a_full_stop():
+    assert sounds_unfinished("I'm sure all schools would accept that.")
+    assert sounds_unfinished("ask what you can do for your country")
+    assert not sounds_unfinished("He could wait no longer.")
+
+
+def test_the_evidence_rule_holds_the_long_pause_only_on_strong_evidence():
+    config = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=900, unfinished_rule="evidence",
+                                 unpunctuated_silence_ms=650)
+    assert unfinished_hold("and then I went to the", config) == (CONTINUER, 900)
+    assert unfinished_hold("ask what you can do for your country", config) == (UNPUNCTUATED, 650)
+    assert unfinished_hold("I'm sure all schools would accept that.", config) == (None, 500)
+
+
+def test_the_punctuation_rule_holds_the_long_pause_for_any_unfinished_reading():
+    config = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=900, unfinished_rule="punctuation",
+                                 unpunctuated_silence_ms=650)
+    assert unfinished_hold("I'm sure all schools would accept that.", config) == ("unfinished", 900)
+    assert unfinished_hold("He could wait no longer.", config) == (None, 500)
+
+
+def test_a_hold_never_ends_the_turn_sooner_than_the_plain_silence_duration():
+    config = TurnDetectionConfig(silence_duration_ms=800, unfinished_rule="evidence", unpunctuated_silence_ms=600)
+    assert unfinished_hold("no stop here", config) == (UNPUNCTUATED, 800)
+
+
+def test_by_default_only_the_words_change_the_rule_not_how_long_an_unpunctuated_pause_is_held():
+    config = TurnDetectionConfig()
+    assert config.unfinished_rule == "evidence"
+    assert config.unpunctuated_silence_ms == config.unfinished_silence_ms
+
+
+def test_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError):
+        unfinished_hold("hello", TurnDetectionConfig(unfinished_rule="vibes"))
