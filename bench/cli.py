@@ -56,7 +56,7 @@ async def _interleaved(variants: list[Variant], clips, turns: int, bar: tqdm) ->
             if index % 2:
                 order.reverse()
             for v in order:
-                turn = await speak_turn(clients[v], mics[v], clip, variants[v].name, 0, cancel_after_first_audio=True)
+                turn = await speak_turn(clients[v], mics[v], clip, variants[v].name, 0)
                 results.append(turn)
                 bar.set_postfix_str(f"{turn.variant} {clip.name}: "
                                     + ("no reply" if turn.voice_to_voice_ms is None else f"{turn.voice_to_voice_ms:.0f} ms"))
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=32, help="turns per variant at one session (default: 32, one per clip)")
     parser.add_argument("--sessions", default="1,2,4", help="concurrency sweep, sessions at once (default: 1,2,4; 0 to skip)")
     parser.add_argument("--sweep-turns", type=int, default=5, help="turns per session in the concurrency sweep")
+    parser.add_argument("--paused-speech", action="store_true",
+                        help="speak the clips with a 600-700 ms pause inserted mid-sentence (bench/paused_speech.py), "
+                             "to count turns cut off before the speaker finished")
     parser.add_argument("--no-rtf", action="store_true", help="skip the in-process real-time-factor pass")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 turns, sweep 1,2 with 2 turns each")
     parser.add_argument("--out", type=Path, help="output folder (default: bench/out/<time>)")
@@ -98,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or Path("bench/out") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    clips = load_clips()
+    if args.paused_speech:
+        from voxloop.bench.paused_speech import load_paused_clips
+
+        clips = load_paused_clips()
+    else:
+        clips = load_clips()
     if args.compare:
         variants = [parse_variant(spec) for spec in args.compare]
     else:
@@ -156,7 +164,7 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
                     out / "latency_cdf.png", "Voice-to-voice latency")
     report.plot_stages({**summaries, **{k: v for k, v in sweep_summaries.items() if v["sessions"] > 1}},
                        out / "stages.png", "Where the time goes (medians)")
-    (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants))
+    (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns))
     return results
 
 
@@ -192,13 +200,16 @@ def _stage_rtf(serve_args: list[str], clips) -> dict:
         return measure_stage_rtf(models, clips, progress=bar.update)
 
 
-def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants) -> str:
+def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns) -> str:
     parts = [f"Machine: {results['machine']}", "",
              "Voice-to-voice latency: the first audible sample of the reply (as a client that plays deltas on arrival "
              "would hear it) minus the true end of speech in the clip (offline VAD + energy, cached). "
              "Every turn streams a real clip in 20 ms blocks paced in real time.", "",
              report.markdown_table(summaries), "", "Stages (median ms after the true end of speech):", "",
              report.stage_table(summaries)]
+    slow_ms = 800
+    parts += ["", f"Turns over {slow_ms} ms (server facts from `response.done.response.voxloop.timings`):", "",
+              report.slow_turns_table(main_turns, slow_ms)]
     if ratios:
         parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): "
                   + ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratios.items())]

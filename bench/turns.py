@@ -21,6 +21,9 @@ BLOCK_S = 0.02  # a 20 ms microphone block
 AUDIBLE_WINDOW = WIRE_RATE // 100  # 10 ms
 AUDIBLE_FLOOR = 10 ** (-45 / 20)  # -45 dBFS RMS over 10 ms
 TURN_TIMEOUT_S = 45.0
+# A turn the server ends this far before the true end of speech ended inside the utterance:
+# more than VAD and energy disagree on where a soft last word stops, less than any word.
+FALSE_END_MARGIN_MS = 250
 
 
 @dataclass
@@ -43,8 +46,14 @@ class TurnMeasurement:
     reference: str = ""
     wer: float | None = None
     reply: str = ""
+    reply_status: str | None = None  # the reply's response.done status: "completed" when it was heard out
+    reply_audio_ms: float | None = None
     error: str | None = None
     server_timings: dict = field(default_factory=dict)
+    # Turn ends (speech_stopped) the server reported while the clip was spoken, and how many of
+    # them came before its true end of speech: a reply to half a sentence.
+    turn_ends: int = 0
+    false_ends: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +67,9 @@ class PacedMicrophone:
         self.client = client
         self._pending: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        # Where the speech `say` last started on the audio clock the server counts (ms of audio
+        # sent since the session's first block), to place the server's audio_end_ms.
+        self.last_start_audio_ms = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -83,6 +95,7 @@ class PacedMicrophone:
             if audio is None and not self._pending.empty():
                 audio, spoken = self._pending.get_nowait()
                 offset = 0
+                self.last_start_audio_ms = sent_blocks * BLOCK_S * 1000
                 # Sent at the end of its capture: the first sample was spoken one block earlier.
                 spoken.set_result(time.time() + max(0.0, start + sent_blocks * BLOCK_S - time.monotonic()) - BLOCK_S)
             if audio is not None:
@@ -97,6 +110,14 @@ class PacedMicrophone:
             await asyncio.sleep(max(0.0, start + sent_blocks * BLOCK_S - time.monotonic()))
             await self.client.append_audio(chunk)
             sent_blocks += 1
+
+
+def playback_end(deltas: list[tuple[float, np.ndarray]]) -> float:
+    """When a client that plays each delta on arrival, or right after the previous one, finishes."""
+    end = 0.0
+    for arrival, audio in deltas:
+        end = max(arrival, end) + audio.size / WIRE_RATE
+    return end
 
 
 def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
@@ -116,7 +137,7 @@ def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[flo
 
 
 async def run_session(url: str, clips: list[Clip], variant: str, session_index: int,
-                      session_update: dict | None = None, on_turn=None, cancel_after_first_audio: bool = True) -> list[TurnMeasurement]:
+                      session_update: dict | None = None, on_turn=None) -> list[TurnMeasurement]:
     """One conversation: the clips are spoken one after another, each after the previous reply."""
     results = []
     async with RealtimeClient(url) as client:
@@ -126,7 +147,7 @@ async def run_session(url: str, clips: list[Clip], variant: str, session_index: 
         mic.start()
         try:
             for clip in clips:
-                measurement = await speak_turn(client, mic, clip, variant, session_index, cancel_after_first_audio)
+                measurement = await speak_turn(client, mic, clip, variant, session_index)
                 results.append(measurement)
                 if on_turn:
                     on_turn(measurement)
@@ -135,8 +156,12 @@ async def run_session(url: str, clips: list[Clip], variant: str, session_index: 
     return results
 
 
-async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, variant: str, session_index: int,
-                    cancel_after_first_audio: bool) -> TurnMeasurement:
+async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, variant: str, session_index: int) -> TurnMeasurement:
+    """Say `clip`, then listen to the whole reply before returning, as a person would: the next
+    turn starts after the reply has played. (Cutting replies off at their first sound would save
+    time, but the server keeps only the heard words, and a history of one-word replies teaches
+    the LLM to answer in one word: every later turn would be measured on a degenerate
+    conversation.)"""
     audio = load_audio(clip.path, WIRE_RATE)
     end_s = speech_end(clip)
     turn = TurnMeasurement(clip.name, variant, session_index, clip.duration_s, end_s, reference=clip.transcript)
@@ -144,7 +169,9 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
     transcripts: list[str] = []
     deltas: dict[str, list[tuple[float, np.ndarray]]] = {}
     answering: str | None = None
+    said: dict[str, str] = {}
     true_end_unix = None
+    true_end_audio_ms = None
     # The reply to this turn is created after its final transcript, so after the true end of
     # speech; replies to earlier pieces of the clip (cut off by its own pauses) are older.
     replies_after_end: set[str] = set()
@@ -154,12 +181,17 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                 event = await client.recv(timeout=0.5)
                 if true_end_unix is None and spoken_at.done():
                     true_end_unix = spoken_at.result() + end_s
+                    true_end_audio_ms = mic.last_start_audio_ms + 1000 * end_s
                 if event is None:
                     continue
                 kind = event["type"]
                 now = time.time()
                 if kind == "conversation.item.input_audio_transcription.completed" and event["transcript"]:
                     transcripts.append(event["transcript"])
+                elif kind == "input_audio_buffer.speech_stopped" and true_end_audio_ms is not None:
+                    turn.turn_ends += 1
+                    if is_false_end(event["audio_end_ms"], true_end_audio_ms):
+                        turn.false_ends += 1
                 elif kind == "response.created" and true_end_unix is not None and now > true_end_unix:
                     replies_after_end.add(event["response"]["id"])
                 elif kind == "response.output_audio.delta":
@@ -168,26 +200,35 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                         played = first_audible_play_time(deltas[event["response_id"]])
                         if played:
                             answering = event["response_id"]
-                            if cancel_after_first_audio:
-                                await client.send({"type": "response.cancel"})
-                elif kind == "response.output_audio_transcript.delta" and event["response_id"] == answering:
-                    turn.reply += event["delta"]
+                elif kind == "response.output_audio_transcript.delta":
+                    # A clause's words arrive just before its audio, so before the reply is known to be the answer.
+                    said[event["response_id"]] = said.get(event["response_id"], "") + event["delta"]
                 elif kind == "response.done" and event["response"]["id"] == answering:
+                    turn.reply = said.get(answering, "")
                     _fill(turn, event["response"], deltas[answering], true_end_unix)
                     break
                 elif kind == "error" and event["error"]["code"] != "response_cancel_not_active":
                     turn.error = event["error"]["message"]
     except TimeoutError:
         turn.error = "no audible reply before the timeout"
+    if turn.error is None and answering is not None:
+        await asyncio.sleep(max(0.0, playback_end(deltas[answering]) - time.time()))  # listening to the rest
     turn.transcript = " ".join(transcripts)
     turn.wer = word_error_rate(clip.transcript, turn.transcript)
     await asyncio.sleep(0.3)  # let the conversation settle before the next turn
     return turn
 
 
+def is_false_end(audio_end_ms: float, true_end_audio_ms: float) -> bool:
+    """Whether a turn end the server placed at `audio_end_ms` cut the utterance short."""
+    return audio_end_ms < true_end_audio_ms - FALSE_END_MARGIN_MS
+
+
 def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.ndarray]], true_end_unix: float) -> None:
-    timings = (response.get("voxloop") or {}).get("timings") or {}
+    extension = response.get("voxloop") or {}
+    timings = extension.get("timings") or {}
     turn.server_timings = timings
+    turn.reply_status, turn.reply_audio_ms = response.get("status"), extension.get("audio_ms")
     played, first_arrival = first_audible_play_time(deltas)
     turn.voice_to_voice_ms = 1000 * (played - true_end_unix)
     reference = timings.get("reference_unix")
