@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxloop bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="measure a running server instead of starting one")
     parser.add_argument("--serve-args", default="", help="arguments for the server this command starts, e.g. '--asr-model small.en'")
+    parser.add_argument("--label", help="name of the configuration in tables and plots (default: its serve arguments "
+                        "when short, else 'voxloop')")
     parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS", help="two server variants, interleaved turn by turn")
     parser.add_argument("--turns", type=int, default=32, help="turns per variant at one session (default: 32, one per clip)")
     parser.add_argument("--sessions", default="1,2,4", help="concurrency sweep, sessions at once (default: 1,2,4; 0 to skip)")
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         variants = [parse_variant(spec) for spec in args.compare]
     else:
-        variants = [Variant("voxloop" if not args.serve_args else args.serve_args, shlex.split(args.serve_args), args.url)]
+        label = args.label or (args.serve_args if 0 < len(args.serve_args) <= 40 else "voxloop")
+        variants = [Variant(label, shlex.split(args.serve_args), args.url)]
 
     try:
         for variant in variants:

@@ -80,7 +80,7 @@ bench() {
     args=$(serve_args)
     echo "serve args: $args"
     VOXLOOP_SPEECH_DIR=$WORK/bundle/speech PYTHONPATH=$SITE PYTHONUNBUFFERED=1 \
-        "$PYTHON" -m voxloop.client.cli bench --serve-args "$args" "$@"
+        "$PYTHON" -m voxloop.client.cli bench --serve-args "$args" --label gpu "$@"
 }
 
 case "${1:-}" in
