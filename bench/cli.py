@@ -40,27 +40,28 @@ def parse_variant(spec: str) -> Variant:
     return Variant(name.strip() or "default", shlex.split(args))
 
 
-async def _interleaved(variants: list[Variant], clips, turns: int, bar: tqdm) -> list[TurnMeasurement]:
-    """One conversation per variant, all open at once; turn i goes to each variant in an order
-    that alternates, so neither always runs first."""
+async def _interleaved(variants: list[Variant], clips, turns: int, conversation_turns: int, bar: tqdm) -> list[TurnMeasurement]:
+    """One conversation per variant at a time, each `conversation_turns` long; turn i goes to
+    each variant in an order that alternates, so neither always runs first."""
     results: list[TurnMeasurement] = []
-    async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(RealtimeClient(v.url)) for v in variants]
-        mics = [PacedMicrophone(client) for client in clients]
-        for mic in mics:
-            mic.start()
-            stack.push_async_callback(mic.stop)
-        for index in range(turns):
-            clip = clips[index % len(clips)]
-            order = list(range(len(variants)))
-            if index % 2:
-                order.reverse()
-            for v in order:
-                turn = await speak_turn(clients[v], mics[v], clip, variants[v].name, 0)
-                results.append(turn)
-                bar.set_postfix_str(f"{turn.variant} {clip.name}: "
-                                    + ("no reply" if turn.voice_to_voice_ms is None else f"{turn.voice_to_voice_ms:.0f} ms"))
-                bar.update()
+    for first in range(0, turns, conversation_turns):
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(RealtimeClient(v.url)) for v in variants]
+            mics = [PacedMicrophone(client) for client in clients]
+            for mic in mics:
+                mic.start()
+                stack.push_async_callback(mic.stop)
+            for index in range(first, min(turns, first + conversation_turns)):
+                clip = clips[index % len(clips)]
+                order = list(range(len(variants)))
+                if index % 2:
+                    order.reverse()
+                for v in order:
+                    turn = await speak_turn(clients[v], mics[v], clip, variants[v].name, 0)
+                    results.append(turn)
+                    bar.set_postfix_str(f"{turn.variant} {clip.name}: "
+                                        + ("no reply" if turn.voice_to_voice_ms is None else f"{turn.voice_to_voice_ms:.0f} ms"))
+                    bar.update()
     return results
 
 
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                         "when short, else 'voxloop')")
     parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS", help="two server variants, interleaved turn by turn")
     parser.add_argument("--turns", type=int, default=32, help="turns per variant at one session (default: 32, one per clip)")
+    parser.add_argument("--conversation-turns", type=int, default=6,
+                        help="turns per conversation before the bench opens a new one (default: 6). The embedded 135 M "
+                             "LLM copies its earlier replies, so one reply cut short by a barge-in (\"The\") can turn a "
+                             "long conversation into one-word answers, which are cheap to say and flatter the figures")
     parser.add_argument("--sessions", default="1,2,4", help="concurrency sweep, sessions at once (default: 1,2,4; 0 to skip)")
     parser.add_argument("--sweep-turns", type=int, default=5, help="turns per session in the concurrency sweep")
     parser.add_argument("--paused-speech", action="store_true",
@@ -139,7 +144,7 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     sweep = [int(n) for n in args.sessions.split(",") if int(n) > 0]
     total = args.turns * len(variants) + sum(n * args.sweep_turns for n in sweep if n > 1)
     with tqdm(total=total, desc="turns", unit="turn") as bar:
-        main_turns = asyncio.run(_interleaved(variants, clips, args.turns, bar))
+        main_turns = asyncio.run(_interleaved(variants, clips, args.turns, max(1, args.conversation_turns), bar))
         sweep_turns = {1: [t for t in main_turns if t.variant == variants[0].name]}
         for sessions in sweep:
             if sessions > 1:

@@ -46,7 +46,10 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
     ok = [t for t in turns if t.voice_to_voice_ms is not None]
     summary = {"turns": len(turns), "answered": len(ok), "voice_to_voice_ms": percentiles([t.voice_to_voice_ms for t in ok]),
                "wer": float(np.mean([t.wer for t in turns if t.wer is not None])) if turns else None, "stages": {},
-               "false_end_turns": sum(1 for t in turns if t.false_ends)}
+               "false_end_turns": sum(1 for t in turns if t.false_ends),
+               # A conversation stuck repeating one short reply is cheap to voice and flatters latency.
+               "reply_s_median": float(np.median([t.reply_audio_ms / 1000 for t in ok if t.reply_audio_ms])) if ok else None,
+               "distinct_replies": len({t.reply.strip().lower() for t in ok if t.reply.strip()})}
     for key, _ in STAGES:
         summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])
     return summary
@@ -56,13 +59,19 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
+def _fmt1(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def markdown_table(summaries: dict[str, dict]) -> str:
-    lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early "
+             "| distinct replies | reply s (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
         lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
-                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {s['wer']:.3f} | {s.get('false_end_turns', 0)}/{s['turns']} |")
+                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {s['wer']:.3f} | {s.get('false_end_turns', 0)}/{s['turns']} | "
+                     f"{s.get('distinct_replies', '–')} | {_fmt1(s.get('reply_s_median'))} |")
     return "\n".join(lines)
 
 
