@@ -45,10 +45,10 @@ def machine_description() -> str:
 def summarize(turns: list[TurnMeasurement]) -> dict:
     ok = [t for t in turns if t.voice_to_voice_ms is not None]
     summary = {"turns": len(turns), "answered": len(ok), "voice_to_voice_ms": percentiles([t.voice_to_voice_ms for t in ok]),
-               "wer": float(np.mean([t.wer for t in turns if t.wer is not None])) if turns else None, "stages": {},
+               "wer": percentiles([t.wer for t in turns if t.wer is not None])["mean"], "stages": {},
                "false_end_turns": sum(1 for t in turns if t.false_ends),
                # A conversation stuck repeating one short reply is cheap to voice and flatters latency.
-               "reply_s_median": float(np.median([t.reply_audio_ms / 1000 for t in ok if t.reply_audio_ms])) if ok else None,
+               "reply_s_median": percentiles([t.reply_audio_ms / 1000 for t in ok if t.reply_audio_ms])["p50"],
                "distinct_replies": len({t.reply.strip().lower() for t in ok if t.reply.strip()})}
     for key, _ in STAGES:
         summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])
@@ -57,6 +57,10 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
+
+
+def _fmt_wer(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _fmt1(value: float | None) -> str:
@@ -70,7 +74,7 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
         lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
-                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {s['wer']:.3f} | {s.get('false_end_turns', 0)}/{s['turns']} | "
+                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {_fmt_wer(s['wer'])} | {s.get('false_end_turns', 0)}/{s['turns']} | "
                      f"{s.get('distinct_replies', '–')} | {_fmt1(s.get('reply_s_median'))} |")
     return "\n".join(lines)
 
