@@ -55,16 +55,8 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
     return summary
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}"
-
-
-def _fmt_wer(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def _fmt1(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
@@ -74,8 +66,8 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
         lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
-                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {_fmt_wer(s['wer'])} | {s.get('false_end_turns', 0)}/{s['turns']} | "
-                     f"{s.get('distinct_replies', '–')} | {_fmt1(s.get('reply_s_median'))} |")
+                     f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {_fmt(s['wer'], 3)} | {s.get('false_end_turns', 0)}/{s['turns']} | "
+                     f"{s.get('distinct_replies', '–')} | {_fmt(s.get('reply_s_median'), 1)} |")
     return "\n".join(lines)
 
 
