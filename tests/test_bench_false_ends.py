@@ -64,3 +64,18 @@ def test_the_slow_turn_table_lists_only_slow_turns_slowest_first_with_the_server
     assert table[2].startswith("| cold |") and "| 412 | 3 |" in table[2]
     assert table[3].startswith("| held |") and "| 900 | unpunctuated | reply |" in table[3]
     assert "No turn" in slow_turns_table(turns, over_ms=5000)
+
+
+def test_the_summary_shows_a_conversation_stuck_on_one_reply():
+    """One-word replies copied turn after turn are cheap to voice; the summary must make that visible."""
+    stuck = [turn(name, 500) for name in "abcd"]
+    for t in stuck:
+        t.reply, t.reply_audio_ms = "The way of", 800.0
+    varied = [turn(name, 700) for name in "abcd"]
+    for index, t in enumerate(varied):
+        t.reply, t.reply_audio_ms = f"A real answer number {index}.", 4000.0 + 1000 * index
+    summaries = {"stuck": summarize(stuck), "varied": summarize(varied)}
+    assert (summaries["stuck"]["distinct_replies"], summaries["stuck"]["reply_s_median"]) == (1, 0.8)
+    assert (summaries["varied"]["distinct_replies"], summaries["varied"]["reply_s_median"]) == (4, 5.5)
+    table = markdown_table(summaries)
+    assert "| 1 | 0.8 |" in table and "| 4 | 5.5 |" in table

@@ -28,3 +28,20 @@ def test_turns_are_measured_and_every_reply_is_heard_out(server: ServerProcess) 
     spoken_s = sum(c.duration_s for c in clips)
     replies_s = sum(t.reply_audio_ms for t in turns) / 1000
     assert elapsed >= spoken_s + replies_s, (elapsed, spoken_s, replies_s)
+
+
+def test_the_bench_opens_a_new_conversation_every_few_turns(server: ServerProcess) -> None:
+    from tqdm import tqdm
+
+    from voxloop.bench.cli import Variant, _interleaved
+
+    def sessions_opened() -> int:
+        return server.log().count("opened from")
+
+    clips = [find_clip(name) for name in CLIPS]
+    before = sessions_opened()
+    with tqdm(total=3, disable=True) as bar:
+        turns = asyncio.run(_interleaved([Variant("v", [], server.ws_url)], clips, 3, 2, bar))
+    assert [t.clip for t in turns] == [CLIPS[0], CLIPS[1], CLIPS[0]]
+    assert all(t.error is None for t in turns), [t.error for t in turns]
+    assert sessions_opened() - before == 2  # turns 1-2 in one conversation, turn 3 in the next
