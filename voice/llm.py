@@ -63,15 +63,20 @@ GATE_MAX_WAIT_S = 2.0
 PREWARM_BATCH_TOKENS = 32
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
 def cached_prefix_tokens(cached: Sequence[int], prompt: Sequence[int]) -> int:
     """How many of `prompt`'s tokens llama.cpp serves from a KV cache holding `cached`: the
     common prefix, less one when it covers the whole prompt (the last prompt token is then
     evaluated again, for fresh logits to sample from)."""
-    common = 0
-    for a, b in zip(cached, prompt):
-        if a != b:
-            break
-        common += 1
+    common = common_prefix_length(cached, prompt)
     return max(0, common - 1) if common == len(prompt) else common
 
 
@@ -191,11 +196,7 @@ class LlamaCppLLM:
         llama = self.llama
         # Never fill the context: a real prompt must still fit after the prefix.
         prefix = prefix[: max(0, llama.n_ctx() - 2 * PREWARM_BATCH_TOKENS)]
-        kept = 0
-        for a, b in zip(llama._input_ids, prefix):
-            if a != b:
-                break
-            kept += 1
+        kept = common_prefix_length(llama._input_ids, prefix)
         if kept == len(prefix) or self._yield_worker(stop):
             return kept  # and the cache stays as it is: a waiting request may be about to reuse it
         if kept < llama.n_tokens:
