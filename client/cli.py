@@ -129,7 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
         turn_detection = TurnDetectionConfig(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
                                              eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms,
                                              unfinished_rule=args.unfinished_rule,
-                                             unpunctuated_silence_ms=args.unpunctuated_silence_ms)
+                                             unpunctuated_silence_ms=args.unpunctuated_silence_ms,
+                                             sentence_end_threshold=args.sentence_end_threshold,
+                                             end_after_judgment=args.end_after_judgment)
         if args.path == "native":
             from voxloop.voice.native_models import NO_TRANSCRIPTION
             from voxloop.voice.native_session import NativeSession, ResponsePolicy
@@ -146,7 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
                                                                                     generation=replace(generation),
                                                                                     history_window=args.history_window,
-                                                                                    llm_prewarm=args.llm_prewarm)),
+                                                                                    llm_prewarm=args.llm_prewarm,
+                                                                                    llm_prewarm_words=args.llm_prewarm_words)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -203,14 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"pause that ends a turn (default: {defaults.silence_duration_ms})")
     turns.add_argument("--unfinished-silence-ms", type=int, default=defaults.unfinished_silence_ms,
                        help=f"pause that ends a turn whose words sound unfinished (default: {defaults.unfinished_silence_ms})")
-    turns.add_argument("--unfinished-rule", choices=["punctuation", "evidence"], default=defaults.unfinished_rule,
+    turns.add_argument("--unfinished-rule", choices=["punctuation", "evidence", "llm"], default=defaults.unfinished_rule,
                        help="when words sound unfinished: 'punctuation' (no final stop, or a word like 'and'/'that' even "
                             "after a stop) holds --unfinished-silence-ms; 'evidence' holds it only for a word like "
                             "'and'/'the' or a trailing comma, and --unpunctuated-silence-ms when only the final stop is "
-                            "missing (default: %(default)s)")
+                            "missing; 'llm' holds it for a word like 'and'/'the', or when the LLM finds a sentence end "
+                            "after the words (final punctuation removed) less likely than --sentence-end-threshold "
+                            "(default: %(default)s)")
+    turns.add_argument("--sentence-end-threshold", type=float, default=defaults.sentence_end_threshold,
+                       help="with --unfinished-rule llm: sentence-end probability below which a pause is held "
+                            "(default: %(default)s)")
     turns.add_argument("--unpunctuated-silence-ms", type=int, default=defaults.unpunctuated_silence_ms,
                        help="with --unfinished-rule evidence: pause that ends a turn whose transcript only lacks final "
                             "punctuation (default: %(default)s)")
+    turns.add_argument("--end-after-judgment", action=argparse.BooleanOptionalAction, default=defaults.end_after_judgment,
+                       help="a pause ends the turn no sooner than the speculative transcript is judged finished or not "
+                            "(default: %(default)s)")
     turns.add_argument("--eager-ms", type=int, default=defaults.eager_after_ms,
                        help=f"pause after which the reply starts speculatively; 0: off (default: {defaults.eager_after_ms})")
     turns.add_argument("--first-clause-chars", type=int, default=GenerationSettings().first_clause_max_chars,
@@ -226,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--llm-prewarm", action=argparse.BooleanOptionalAction, default=SessionConfig.llm_prewarm,
                        help="after each reply, evaluate the next prompt's system prompt and history on the LLM in the "
                             "background (embedded llama.cpp only; default: %(default)s)")
+    turns.add_argument("--llm-prewarm-words", action=argparse.BooleanOptionalAction, default=SessionConfig.llm_prewarm_words,
+                       help="with --llm-prewarm, also evaluate the user's words as the partial transcripts settle them, "
+                            "while the user is still speaking (default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

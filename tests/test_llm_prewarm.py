@@ -124,3 +124,33 @@ def test_a_cancelled_prewarm_leaves_the_worker_free(llm):
 
     stats = asyncio.run(run())
     assert stats["llm_prompt_tokens"] > 0
+
+
+@pytest.mark.models
+def test_the_llm_finds_a_sentence_end_likelier_after_a_whole_sentence_than_after_half_of_one(llm):
+    """The turn-completion signal on the embedded model, on words as Whisper heard them in the
+    shared clips (final punctuation removed, as the session does)."""
+    finished = ["And so my fellow Americans ask not what your country can do for you ask what you can do for your country",
+                "Hopefully we can learn from our mistakes", "It was a combination of Canadian capital quickly organized "
+                "and petitioned for the same privileges"]
+    halves = ["And so my fellow Americans ask not what", "It is of the first importance that the",
+              "It was my reports from the north with"]
+
+    async def run():
+        return [await llm.sentence_end_probability(next_turn(Conversation(), text)) for text in finished + halves]
+
+    scores = asyncio.run(run())
+    assert all(0.0 <= p <= 1.0 for p in scores)
+    assert min(scores[:3]) > 0.05 > 0.005 > max(scores[3:])
+
+
+@pytest.mark.models
+def test_judging_the_words_leaves_them_in_the_cache_for_the_reply(llm):
+    async def run():
+        conversation = conversation_after(2)
+        await llm.sentence_end_probability(next_turn(conversation, "And what about seven"))
+        return await first_token_stats(llm, next_turn(conversation, "And what about seven?"))
+
+    stats = asyncio.run(run())
+    # Only the final "?" and the template's closing tokens were left to evaluate.
+    assert stats["llm_prompt_tokens"] - stats["llm_cached_tokens"] <= 8

@@ -109,9 +109,60 @@ def test_the_llm_prewarm_has_the_history_evaluated_before_the_user_stops_speakin
     found = {}
     for prewarm in (False, True):
         asyncio.run(evict_the_cache())
-        events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160),
-                             config=SessionConfig(llm_prewarm=prewarm), history=history)
+        # The words-only rule: the LLM rule's judgment would evaluate the prompt itself, before the reply.
+        turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, unfinished_rule="evidence")
+        events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm=prewarm), history=history)
         found[prewarm] = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     cold, warm = found[False], found[True]
     assert cold["llm_cached_tokens"] < 10 < 200 < cold["llm_prompt_tokens"]
     assert warm["llm_prompt_tokens"] - warm["llm_cached_tokens"] < 40  # only the user's new words were left
+
+
+def slowed_transcription(models, delay_s: float):
+    """The same models with every transcription `delay_s` slower, as on a loaded machine."""
+    slowed = replace(models)
+    transcribe = models.transcribe
+
+    async def slow(audio):
+        await asyncio.sleep(delay_s)
+        return await transcribe(audio)
+
+    slowed.transcribe = slow
+    return slowed
+
+
+@pytest.mark.parametrize("end_after_judgment", [True, False])
+def test_a_pause_mid_sentence_is_held_even_when_its_words_are_judged_after_the_hangover(models, end_after_judgment):
+    speech = load_audio(clip("p301_410").path, RATE)
+    cut = int(2.36 * RATE)  # "Hopefully we can | learn from our mistakes": the quietest point between the words
+    pause = np.zeros(int(0.7 * RATE), np.float32)
+    audio = np.concatenate([speech[:cut], pause, speech[cut:], np.zeros(RATE, np.float32)])
+    turns = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=1500, eager_after_ms=160, unfinished_rule="llm",
+                                end_after_judgment=end_after_judgment)
+    # Judged 160 ms + 500 ms + the models' time into the pause: after the 500 ms hangover.
+    events = run_session(slowed_transcription(models, 0.5), audio, turns, settle_s=10.0)
+    kinds = [e["type"] for e in events]
+    if not end_after_judgment:  # the turn ended at 500 ms, before anyone knew the words were half a sentence
+        assert kinds.count("input_audio_buffer.committed") == 2, kinds
+        return
+    assert kinds.count("input_audio_buffer.committed") == 1, kinds
+    transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert word_error_rate("hopefully we can learn from our mistakes", transcript) < 0.3, transcript
+    timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    # The whole sentence, without its final stop, reads as finished to the LLM: the turn ended after 500 ms.
+    assert timings["end_silence_ms"] == 500 and timings["unfinished"] is None
+    assert timings["sentence_end_p"] > turns.sentence_end_threshold
+
+
+def test_the_words_agreed_on_while_the_user_speaks_are_in_the_llm_cache_before_the_pause(models):
+    speech = load_audio(clip("LJ001-0001").path, RATE)
+    audio = np.concatenate([speech, np.zeros(3 * RATE, np.float32)])
+    # The words-only rule: the LLM rule's judgment at the pause would evaluate the words itself, before the reply.
+    turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, unfinished_rule="evidence")
+    uncached = {}
+    for prewarm_words in (False, True):
+        events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm_words=prewarm_words))
+        timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+        uncached[prewarm_words] = timings["llm_prompt_tokens"] - timings["llm_cached_tokens"]
+    # Without it, the prompt's tail since the last pause is left to evaluate; with it, only the last words.
+    assert uncached[True] < uncached[False] / 2

@@ -2,7 +2,8 @@
 
 import pytest
 
-from voxloop.voice.speculation import CONTINUER, UNPUNCTUATED, sounds_unfinished, unfinished_hold, unfinished_reason
+from voxloop.voice.speculation import (CONTINUER, UNLIKELY_END, UNPUNCTUATED, sounds_unfinished, unfinished_hold,
+                                      unfinished_reason, without_final_punctuation)
 from voxloop.voice.turns import TurnDetectionConfig
 
 
@@ -49,12 +50,32 @@ def test_a_hold_never_ends_the_turn_sooner_than_the_plain_silence_duration():
     assert unfinished_hold("no stop here", config) == (UNPUNCTUATED, 800)
 
 
-def test_by_default_only_the_words_change_the_rule_not_how_long_an_unpunctuated_pause_is_held():
+def test_by_default_the_llm_judges_the_words_and_an_unpunctuated_pause_is_held_as_long_as_an_unfinished_one():
     config = TurnDetectionConfig()
-    assert config.unfinished_rule == "evidence"
+    assert config.unfinished_rule == "llm"
     assert config.unpunctuated_silence_ms == config.unfinished_silence_ms
 
 
 def test_an_unknown_rule_is_refused():
     with pytest.raises(ValueError):
         unfinished_hold("hello", TurnDetectionConfig(unfinished_rule="vibes"))
+
+
+def test_the_llm_rule_lets_the_model_judge_words_without_a_continuer():
+    config = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=900, unfinished_rule="llm",
+                                 sentence_end_threshold=0.01)
+    # Whisper's full stop on half a sentence: the LLM's low sentence-end probability holds the pause.
+    assert unfinished_hold("And so my fellow Americans ask not what.", config, 0.002) == (UNLIKELY_END, 900)
+    # A finished sentence without its final stop ends the turn normally.
+    assert unfinished_hold("ask what you can do for your country", config, 0.69) == (None, 500)
+    # A continuer word is evidence the model cannot overrule.
+    assert unfinished_hold("I went to the shop and", config, 0.5) == (CONTINUER, 900)
+    # An LLM that cannot score (a remote endpoint): the words alone decide, as with "evidence".
+    assert unfinished_hold("ask what you can do for your country", config, None) == (UNPUNCTUATED, 900)
+
+
+@pytest.mark.parametrize("text, words", [("He could wait no longer.", "He could wait no longer"),
+                                         ("What is it for?!", "What is it for"), ("It was, uh...", "It was, uh"),
+                                         ("the dogs'.", "the dogs'"), ("", "")])
+def test_the_llm_judges_the_words_without_whispers_final_punctuation(text, words):
+    assert without_final_punctuation(text) == words

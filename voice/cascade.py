@@ -80,6 +80,11 @@ class CascadeResponder:
         prewarm = getattr(self.llm, "prewarm", None)
         return await prewarm(messages) if prewarm is not None else 0
 
+    async def sentence_end_probability(self, messages: list[dict[str, str]]) -> float | None:
+        """The LLM's probability that the last message's words end a sentence (None if it cannot say)."""
+        score = getattr(self.llm, "sentence_end_probability", None)
+        return await score(messages) if score is not None else None
+
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
                              gate: threading.Event | None) -> None:
         chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars)

@@ -27,3 +27,6 @@ class SessionConfig:
     # After each reply, let the LLM evaluate the next prompt's start (system prompt and history)
     # in the background, so the next turn's first token pays only for the new user words.
     llm_prewarm: bool = True
+    # With llm_prewarm, also evaluate the user's words while they speak, as the partial
+    # transcripts agree on them, so the turn's prompt is mostly evaluated before the pause.
+    llm_prewarm_words: bool = True

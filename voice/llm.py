@@ -12,12 +12,14 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.threaded import iterate_in_thread
@@ -116,6 +118,8 @@ class LlamaCppLLM:
         self._requests_waiting = 0
         self._waiting_lock = threading.Lock()
         self._prompt_formatter = self._chat_template_formatter()
+        self._message_end: int | None = None
+        self._sentence_ends: np.ndarray | None = None
 
     def _chat_template_formatter(self):
         """The formatter `create_chat_completion` uses when the GGUF carries its chat template
@@ -138,20 +142,30 @@ class LlamaCppLLM:
         result = self._prompt_formatter(messages=messages)
         return self.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
-    async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
-                     stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
+    @contextmanager
+    def _queued_request(self) -> Iterator[Callable[[], None]]:
+        """Count a real request as waiting for the worker, so a pre-warm yields to it, until the
+        callable it gives is called (by the worker, on starting it) or the request is abandoned."""
         claimed = False
 
-        def stop_waiting() -> None:
-            """Called once the worker starts this request, or once it is abandoned, whichever is first."""
+        def started() -> None:
             nonlocal claimed
             with self._waiting_lock:
                 if not claimed:
                     claimed = True
                     self._requests_waiting -= 1
 
-        def generate() -> Iterator[str]:
-            stop_waiting()
+        with self._waiting_lock:
+            self._requests_waiting += 1
+        try:
+            yield started
+        finally:
+            started()
+
+    async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
+                     stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
+        def generate(started: Callable[[], None]) -> Iterator[str]:
+            started()
             if stats is not None:
                 stats["llm_start"] = time.monotonic()
             self.llama.last_prompt_tokens = self.llama.last_cached_tokens = None
@@ -169,14 +183,61 @@ class LlamaCppLLM:
                 if gate is not None:
                     gate.wait(GATE_MAX_WAIT_S)
 
-        with self._waiting_lock:
-            self._requests_waiting += 1
-        try:
-            async with aclosing(iterate_in_thread(self._executor, generate)) as pieces:
+        with self._queued_request() as started:
+            async with aclosing(iterate_in_thread(self._executor, lambda: generate(started))) as pieces:
                 async for piece in pieces:
                     yield piece
-        finally:
-            stop_waiting()
+
+    async def sentence_end_probability(self, messages: list[dict[str, str]]) -> float | None:
+        """How likely the last message's words end a sentence where they stop: the model's
+        probability that the next token is a full stop, a question or exclamation mark, or the
+        end of the message. Pass the words without their final punctuation. The KV cache keeps
+        them, so a reply to the same prompt starts from there. None when the chat format is not
+        the GGUF's own template (the message's end token is then unknown)."""
+        tokens = self.prompt_prefix_tokens(messages)
+        end = self._message_end_token()
+        if not tokens or end is None or end not in tokens:
+            return None
+        tokens = tokens[: len(tokens) - 1 - tokens[::-1].index(end)]  # up to the words, before the message's end
+        with self._queued_request() as started:
+            def score() -> float:
+                started()
+                return self._next_token_mass(tokens, self._sentence_end_tokens())
+
+            return await asyncio.get_running_loop().run_in_executor(self._executor, score)
+
+    def _message_end_token(self) -> int | None:
+        """The token that closes a chat message in this model's template (`<|im_end|>` for ChatML)."""
+        if self._message_end is None and self._prompt_formatter is not None:
+            probe = self._prompt_formatter(messages=[{"role": "user", "content": "x"}]).prompt
+            closing = probe[probe.index("x") + 1:].strip()
+            tokens = self.llama.tokenize(closing.encode("utf-8"), add_bos=False, special=True) if closing else []
+            self._message_end = tokens[0] if tokens else -1
+        return None if self._message_end in (None, -1) else self._message_end
+
+    def _sentence_end_tokens(self) -> np.ndarray:
+        """Which vocabulary entries end a sentence: those that start with '.', '?' or '!' (an
+        ellipsis does not), and the message's end token. Built once (about 0.3 s)."""
+        if self._sentence_ends is None:
+            llama = self.llama
+            ends = np.zeros(llama.n_vocab(), dtype=bool)
+            for token in range(llama.n_vocab()):
+                piece = llama.detokenize([token]).decode("utf-8", "ignore").strip()
+                ends[token] = piece[:1] in (".", "?", "!") and not piece.startswith("..")
+            ends[self._message_end_token()] = True
+            self._sentence_ends = ends
+        return self._sentence_ends
+
+    def _next_token_mass(self, tokens: list[int], selected: np.ndarray) -> float:
+        """Probability mass of the `selected` vocabulary entries as the token after `tokens`,
+        evaluating only what the KV cache does not already hold."""
+        llama = self.llama
+        kept = min(common_prefix_length(llama._input_ids, tokens), len(tokens) - 1)  # the last token gives the logits
+        llama.n_tokens = kept  # `eval` drops the cache past n_tokens before evaluating
+        llama.eval(tokens[kept:])
+        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        return float(probabilities[selected].sum() / probabilities.sum())
 
     async def prewarm(self, messages: list[dict[str, str]]) -> int:
         """Evaluate the prompt prefix `messages` into the KV cache in the background, so the next

@@ -63,6 +63,9 @@ class CascadeModels:
         async with aclosing(self.llm.stream([{"role": "user", "content": "Hi"}], GenerationSettings(max_tokens=2))) as pieces:
             async for _ in pieces:
                 pass
+        score = getattr(self.llm, "sentence_end_probability", None)
+        if score is not None:  # builds its table of sentence-ending tokens
+            await score([{"role": "user", "content": "Hi"}])
         async with aclosing(self.tts.synthesize("Hello.")) as chunks:
             async for _ in chunks:
                 pass

@@ -27,7 +27,7 @@ from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import Conversation, ConversationItem
 from voxloop.voice.models import CascadeModels
 from voxloop.voice.sample_buffer import SampleBuffer
-from voxloop.voice.speculation import PrefetchedReply, Speculation, unfinished_hold
+from voxloop.voice.speculation import PrefetchedReply, Speculation, longest_hold, unfinished_hold, without_final_punctuation
 from voxloop.voice.turns import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
 from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
@@ -208,23 +208,46 @@ class VoiceSession:
         speculation.task = asyncio.create_task(self._speculate(speculation))
         turn.speculation = speculation
         turn.speculations += 1
+        turn_detection = self.config.turn_detection
+        if turn_detection.end_after_judgment:  # until the words are judged, the pause may be a long one
+            self._detector.hold_pause(longest_hold(turn_detection))
 
     async def _speculate(self, speculation: Speculation) -> Transcript:
-        transcript = await self.models.transcribe(speculation.audio)
-        speculation.marks["transcript_final"] = time.monotonic()
         turn_detection = self.config.turn_detection
-        if turn_detection is None:
-            return transcript
-        still_pausing = self._turn is not None and self._turn.speculation is speculation
-        reason, hold_ms = unfinished_hold(transcript.text, turn_detection)
-        if still_pausing and reason is not None:
-            speculation.unfinished = reason
-            self._detector.hold_pause(hold_ms)
+        hold_ms = turn_detection.silence_duration_ms if turn_detection else 0
+        try:
+            transcript = await self.models.transcribe(speculation.audio)
+            speculation.marks["transcript_final"] = time.monotonic()
+            if turn_detection is None:
+                return transcript
+            probability = None
+            if transcript.text and turn_detection.unfinished_rule == "llm" and self._still_pausing(speculation):
+                probability = speculation.sentence_end = await self._sentence_end_probability(transcript.text)
+            reason, hold_ms = unfinished_hold(transcript.text, turn_detection, probability)
+            if self._still_pausing(speculation):
+                speculation.unfinished = reason
+        finally:  # judged, or failed to be: the pause now ends the turn after `hold_ms`
+            if turn_detection is not None and self._still_pausing(speculation):
+                self._detector.hold_pause(hold_ms)
         if transcript.text and turn_detection.create_response and not self.response_active:
             messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=transcript.text)
             speculation.reply = PrefetchedReply(self.responder.respond(messages, self.config.generation, self.config.voice,
                                                                        speculation.marks))
         return transcript
+
+    def _still_pausing(self, speculation: Speculation) -> bool:
+        """The pause this speculation was made for is still running (the user neither went on
+        nor was the turn ended)."""
+        return self._turn is not None and self._turn.speculation is speculation
+
+    async def _sentence_end_probability(self, text: str) -> float | None:
+        words = without_final_punctuation(text)
+        messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=words)
+        try:
+            return await self.responder.sentence_end_probability(messages)
+        except Exception:  # the turn then ends by the words alone, never not at all
+            log.exception("judging whether the words end a sentence failed")
+            return None
 
     def _drop_speculation(self) -> None:
         if self._turn is not None and self._turn.speculation is not None:
@@ -247,6 +270,8 @@ class VoiceSession:
             speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
         speculation.marks.update(speech_stopped=stopped_at, speculation=status, speculations=turn.speculations,
                                  end_silence_ms=self._ending_silence_ms, unfinished=speculation.unfinished)
+        if speculation.sentence_end is not None:
+            speculation.marks["sentence_end_p"] = round(speculation.sentence_end, 4)
         await self._commit(turn.item_id, speculation.audio, speculation.end_sample, speculation.marks,
                            respond=self.config.turn_detection.create_response, speculation=speculation)
 
@@ -321,6 +346,8 @@ class VoiceSession:
                 await self.emit({"type": "conversation.item.input_audio_transcription.delta", "item_id": turn.item_id,
                                  "content_index": 0, "delta": (" " if emitted else "") + delta})
                 emitted = stable
+                if self.config.llm_prewarm_words and not self.response_active:  # they will open the prompt: evaluate them now
+                    self._prewarm_next_prompt(user_words=" ".join(words[:stable]))
 
     # ----------------------------------------------------------------- conversation
 
@@ -398,15 +425,18 @@ class VoiceSession:
                 await speculation.reply.cancel()
             self._prewarm_next_prompt()
 
-    def _prewarm_next_prompt(self) -> None:
+    def _prewarm_next_prompt(self, user_words: str | None = None) -> None:
         """Start evaluating the next turn's prompt prefix, now that the history is settled (the
-        reply is in it, cut to what was heard if it was interrupted). The LLM drops this work as
-        soon as a real request arrives."""
+        reply is in it, cut to what was heard if it was interrupted), and with `user_words`, the
+        words of the turn in progress that the partial transcripts agree on. The LLM drops this
+        work as soon as a real request arrives."""
         if not self.config.llm_prewarm or self.responder is None or self._closing:
             return
         if self._prewarm is not None:
             self._prewarm.cancel()
-        messages = self.conversation.next_prompt_prefix(self.config.instructions)
+        instructions = self.config.instructions
+        messages = (self.conversation.chat_messages(instructions, pending_user_text=user_words) if user_words
+                    else self.conversation.next_prompt_prefix(instructions))
         self._prewarm = self._spawn(self._run_prewarm(messages))
 
     async def _run_prewarm(self, messages: list[dict[str, str]]) -> None:
@@ -550,7 +580,8 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     # Why a turn was slow: optional, present when the path knows them.
     if "llm_start" in marks:
         timings["llm_start_ms"] = round(1000 * (marks["llm_start"] - reference), 1)
-    for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "llm_prompt_tokens", "llm_cached_tokens"):
+    for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",
+                 "llm_cached_tokens"):
         if name in marks:
             timings[name] = marks[name]
     return timings

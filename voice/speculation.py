@@ -35,6 +35,7 @@ _TRAILING = (",", ";", ":", "-", "\u2014", "...", "\u2026")
 # Why a transcript sounds unfinished, strongest evidence first.
 CONTINUER = "continuer"  # ends on a word like "and", or on a comma or ellipsis: hold the long pause
 UNPUNCTUATED = "unpunctuated"  # only the final punctuation is missing, which Whisper tiny often drops
+UNLIKELY_END = "unlikely_end"  # the LLM finds a sentence end improbable after these words
 
 
 def unfinished_reason(text: str) -> str | None:
@@ -64,18 +65,34 @@ def sounds_unfinished(text: str) -> bool:
     return text[-1] not in ".?!" or last_word in _PUNCTUATION_RULE_CONTINUERS
 
 
-def unfinished_hold(text: str, config: TurnDetectionConfig) -> tuple[str | None, int]:
-    """(why the words sound unfinished or None, the pause that should end the turn)."""
+def without_final_punctuation(text: str) -> str:
+    """The words as the LLM judges them: Whisper's final stop is no evidence either way."""
+    return re.sub(r"[^\w']+$", "", text.strip())
+
+
+def unfinished_hold(text: str, config: TurnDetectionConfig,
+                    sentence_end_probability: float | None = None) -> tuple[str | None, int]:
+    """(why the words sound unfinished or None, the pause that should end the turn).
+
+    `sentence_end_probability`: the LLM's probability that the words, without their final
+    punctuation, end a sentence (rule "llm"; without it that rule falls back to "evidence")."""
     if config.unfinished_rule == "punctuation":
         reason = "unfinished" if sounds_unfinished(text) else None
-    elif config.unfinished_rule == "evidence":
+    elif config.unfinished_rule in ("evidence", "llm"):
         reason = unfinished_reason(text)
+        if config.unfinished_rule == "llm" and reason != CONTINUER and sentence_end_probability is not None:
+            reason = UNLIKELY_END if sentence_end_probability < config.sentence_end_threshold else None
     else:
-        raise ValueError(f"unfinished_rule must be 'punctuation' or 'evidence', not {config.unfinished_rule!r}")
+        raise ValueError(f"unfinished_rule must be 'punctuation', 'evidence' or 'llm', not {config.unfinished_rule!r}")
     if reason is None:
         return None, config.silence_duration_ms
     hold = config.unpunctuated_silence_ms if reason == UNPUNCTUATED else config.unfinished_silence_ms
     return reason, max(hold, config.silence_duration_ms)
+
+
+def longest_hold(config: TurnDetectionConfig) -> int:
+    """The longest pause `unfinished_hold` can ask for under `config`."""
+    return max(config.silence_duration_ms, config.unfinished_silence_ms, config.unpunctuated_silence_ms)
 
 
 class PrefetchedReply:
@@ -116,6 +133,7 @@ class Speculation:
     task: asyncio.Task | None = None  # transcribes, then may start `reply`; returns the Transcript
     reply: PrefetchedReply | None = None
     unfinished: str | None = None  # why its transcript sounded unfinished, if it did (the pause was held)
+    sentence_end: float | None = None  # the LLM's sentence-end probability for its words (rule "llm")
 
     async def cancel(self) -> None:
         if self.task is not None:

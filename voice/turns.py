@@ -39,8 +39,18 @@ class TurnDetectionConfig:
     # ends sentences ("that.", "so.") ends the turn normally. "punctuation" (the first rule):
     # no final punctuation, or any continuer word even after a full stop, holds
     # unfinished_silence_ms.
-    unfinished_rule: str = "evidence"
+    # "llm": as "evidence" for continuer words, but otherwise the LLM judges the words without
+    # their final punctuation: a sentence end (".", "?", "!" or the end of the message) less
+    # likely than sentence_end_threshold as the next token holds unfinished_silence_ms, and a
+    # likelier one ends the turn normally, punctuated or not.
+    unfinished_rule: str = "llm"
     unpunctuated_silence_ms: int = 900
+    sentence_end_threshold: float = 0.01
+    # Extension: while the words before a pause are being judged (transcribed, and scored by the
+    # LLM with rule "llm"), the pause ends the turn no sooner than the judgment, and at the
+    # longest hold at most. It costs no reply time, as the reply needs that transcript anyway;
+    # without it, a judgment that comes after silence_duration_ms cannot hold the pause.
+    end_after_judgment: bool = True
 
 
 @dataclass(frozen=True)
