@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -112,27 +113,30 @@ class PacedMicrophone:
             sent_blocks += 1
 
 
-def playback_end(deltas: list[tuple[float, np.ndarray]]) -> float:
-    """When a client that plays each delta on arrival, or right after the previous one, finishes."""
-    end = 0.0
-    for arrival, audio in deltas:
-        end = max(arrival, end) + audio.size / WIRE_RATE
-    return end
-
-
-def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
-    """(time the first audible sample plays, its arrival time), for a client that plays each
-    delta on arrival or right after the previous one, whichever is later."""
+def play_schedule(deltas: list[tuple[float, np.ndarray]]) -> Iterator[tuple[float, float, np.ndarray]]:
+    """(play start, arrival, audio) of each delta, for a client that plays each delta on arrival
+    or right after the previous one, whichever is later."""
     play_end = 0.0
     for arrival, audio in deltas:
         play_start = max(arrival, play_end)
+        yield play_start, arrival, audio
+        play_end = play_start + audio.size / WIRE_RATE
+
+
+def playback_end(deltas: list[tuple[float, np.ndarray]]) -> float:
+    """When that client finishes playing the deltas."""
+    return max((start + audio.size / WIRE_RATE for start, _, audio in play_schedule(deltas)), default=0.0)
+
+
+def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
+    """(time the first audible sample plays, its arrival time), for that client."""
+    for play_start, arrival, audio in play_schedule(deltas):
         usable = audio.size - audio.size % AUDIBLE_WINDOW
         if usable:
             rms = np.sqrt(np.mean(audio[:usable].reshape(-1, AUDIBLE_WINDOW) ** 2, axis=1))
             loud = np.nonzero(rms > AUDIBLE_FLOOR)[0]
             if loud.size:
                 return play_start + loud[0] * AUDIBLE_WINDOW / WIRE_RATE, arrival
-        play_end = play_start + audio.size / WIRE_RATE
     return None
 
 
