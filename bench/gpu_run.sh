@@ -17,8 +17,15 @@ SITE=$WORK/site
 PYTHON=${PYTHON:-python3}
 
 stage() {
+    # A folder may hold bundle.json, some parts, or both (uploads are small, so one part per call).
+    local files=()
+    [ -f "$1/bundle.json" ] && files+=("$1/bundle.json")
+    shopt -s nullglob
+    files+=("$1"/bundle.tar.part*)
+    shopt -u nullglob
+    [ ${#files[@]} -gt 0 ] || { echo "nothing to stage in '$1': no bundle.json or bundle.tar.part* there" >&2; exit 1; }
     mkdir -p "$WORK/parts"
-    cp -v "$1"/bundle.json "$1"/bundle.tar.part* "$WORK/parts/" 2>/dev/null || true
+    cp -v "${files[@]}" "$WORK/parts/"
     ls "$WORK/parts"
 }
 

@@ -36,3 +36,24 @@ def test_llama_cpp_filter_keeps_sources_and_drops_data():
     assert not never_compiled(f"{root}/CMakeLists.txt")
     # a folder called "models" elsewhere is source, not test data
     assert not never_compiled(f"{root}/vendor/llama.cpp/src/models/llama.cpp")
+
+
+def test_staging_copies_what_a_folder_holds_and_refuses_a_folder_with_nothing_to_stage(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "bench" / "gpu_run.sh"
+    env = {**os.environ, "VOXLOOP_GPU_WORK": str(tmp_path / "work")}
+    upload = tmp_path / "p3"
+    upload.mkdir()
+    (upload / "bundle.tar.part03").write_bytes(b"part")
+    staged = subprocess.run(["bash", str(script), "stage", str(upload)], env=env, capture_output=True, text=True)
+    assert staged.returncode == 0, staged.stderr
+    assert (tmp_path / "work" / "parts" / "bundle.tar.part03").read_bytes() == b"part"
+
+    for nothing in (tmp_path / "empty", tmp_path / "missing"):
+        if nothing.name == "empty":
+            nothing.mkdir()
+        refused = subprocess.run(["bash", str(script), "stage", str(nothing)], env=env, capture_output=True, text=True)
+        assert refused.returncode == 1 and "nothing to stage" in refused.stderr
