@@ -177,8 +177,12 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
     true_end_unix = None
     true_end_audio_ms = None
     # The reply to this turn is created after its final transcript, so after the true end of
-    # speech; replies to earlier pieces of the clip (cut off by its own pauses) are older.
-    replies_after_end: set[str] = set()
+    # speech; replies to earlier pieces of the clip (cut off by its own pauses) are older. The
+    # true end is known once the clip is sent, which can be just after the reply was created
+    # (a clip's trailing silence is sent while the server ends the turn), so both are kept.
+    created_at: dict[str, float] = {}
+    finished: dict[str, str] = {}  # status of each response that ended without being the answer
+    turn_end_audio_ms: list[int] = []
     try:
         async with asyncio.timeout(TURN_TIMEOUT_S + clip.duration_s):
             while True:
@@ -192,18 +196,16 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                 now = time.time()
                 if kind == "conversation.item.input_audio_transcription.completed" and event["transcript"]:
                     transcripts.append(event["transcript"])
-                elif kind == "input_audio_buffer.speech_stopped" and true_end_audio_ms is not None:
-                    turn.turn_ends += 1
-                    if is_false_end(event["audio_end_ms"], true_end_audio_ms):
-                        turn.false_ends += 1
-                elif kind == "response.created" and true_end_unix is not None and now > true_end_unix:
-                    replies_after_end.add(event["response"]["id"])
+                elif kind == "input_audio_buffer.speech_stopped":
+                    turn_end_audio_ms.append(event["audio_end_ms"])
+                elif kind == "response.created":
+                    created_at[event["response"]["id"]] = now
                 elif kind == "response.output_audio.delta":
-                    deltas.setdefault(event["response_id"], []).append((now, pcm16_to_float(base64.b64decode(event["delta"]))))
-                    if answering is None and event["response_id"] in replies_after_end:
-                        played = first_audible_play_time(deltas[event["response_id"]])
-                        if played:
-                            answering = event["response_id"]
+                    response_id = event["response_id"]
+                    deltas.setdefault(response_id, []).append((now, pcm16_to_float(base64.b64decode(event["delta"]))))
+                    answers = true_end_unix is not None and created_at.get(response_id, 0.0) > true_end_unix
+                    if answering is None and answers and first_audible_play_time(deltas[response_id]):
+                        answering = response_id
                 elif kind == "response.output_audio_transcript.delta":
                     # A clause's words arrive just before its audio, so before the reply is known to be the answer.
                     said[event["response_id"]] = said.get(event["response_id"], "") + event["delta"]
@@ -211,10 +213,16 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                     turn.reply = said.get(answering, "")
                     _fill(turn, event["response"], deltas[answering], true_end_unix)
                     break
+                elif kind == "response.done":
+                    finished[event["response"]["id"]] = event["response"].get("status", "?")
                 elif kind == "error" and event["error"]["code"] != "response_cancel_not_active":
                     turn.error = event["error"]["message"]
     except TimeoutError:
-        turn.error = "no audible reply before the timeout"
+        seen = [f"{rid} {finished.get(rid, 'not done')}, said {said.get(rid, '')!r}" for rid in created_at]
+        turn.error = "no audible reply before the timeout; responses: " + ("; ".join(seen) or "none")
+    if true_end_audio_ms is not None:  # turn ends reported before the clip was sent count too
+        turn.turn_ends = len(turn_end_audio_ms)
+        turn.false_ends = sum(is_false_end(end, true_end_audio_ms) for end in turn_end_audio_ms)
     if turn.error is None and answering is not None:
         await asyncio.sleep(max(0.0, playback_end(deltas[answering]) - time.time()))  # listening to the rest
     turn.transcript = " ".join(transcripts)

@@ -10,7 +10,7 @@ from contextlib import aclosing
 import pytest
 
 from voxloop.voice.history import Conversation, ConversationItem
-from voxloop.voice.llm import GenerationSettings, LlamaCppLLM, cached_prefix_tokens
+from voxloop.voice.llm import GenerationSettings, LlamaCppLLM, cached_prefix_tokens, common_prefix_length
 
 SYSTEM = "You are a friendly voice assistant. Answer in one short sentence."
 
@@ -154,3 +154,22 @@ def test_judging_the_words_leaves_them_in_the_cache_for_the_reply(llm):
     stats = asyncio.run(run())
     # Only the final "?" and the template's closing tokens were left to evaluate.
     assert stats["llm_prompt_tokens"] - stats["llm_cached_tokens"] <= 8
+
+
+@pytest.mark.models
+def test_a_capped_prewarm_only_evaluates_a_few_new_tokens_and_leaves_another_prompt_alone(llm):
+    conversation = conversation_after(3)
+
+    async def run():
+        await llm.prewarm(conversation.next_prompt_prefix(SYSTEM))
+        history_tokens = llm.llama.n_tokens
+        words = next_turn(conversation, "And what about the number seven")
+        held_words = await llm.prewarm(words, max_new_tokens=16)  # a few words past the cached history
+        await first_token_stats(llm, [{"role": "user", "content": "Say a word about the sea."}])  # another session
+        held_other = await llm.prewarm(words, max_new_tokens=16)  # the whole prompt would be new: skipped
+        still_cached = common_prefix_length(llm.llama._input_ids, llm.prompt_prefix_tokens(words))
+        return history_tokens, held_words, len(llm.prompt_prefix_tokens(words)), held_other, still_cached
+
+    history_tokens, held_words, words_tokens, held_other, still_cached = asyncio.run(run())
+    assert held_words == words_tokens > history_tokens
+    assert held_other == still_cached < 10  # nothing of the words' prompt was evaluated

@@ -74,11 +74,11 @@ class CascadeResponder:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
 
-    async def prewarm(self, messages: list[dict[str, str]]) -> int:
-        """Let the LLM evaluate the start of the next prompt ahead of time, if it can; returns
-        the tokens it holds for it (0 for an LLM that cannot)."""
+    async def prewarm(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> int:
+        """Let the LLM evaluate the start of the next prompt ahead of time, if it can (see
+        LlamaCppLLM.prewarm); returns the tokens it holds for it (0 for an LLM that cannot)."""
         prewarm = getattr(self.llm, "prewarm", None)
-        return await prewarm(messages) if prewarm is not None else 0
+        return await prewarm(messages, max_new_tokens) if prewarm is not None else 0
 
     async def sentence_end_probability(self, messages: list[dict[str, str]]) -> float | None:
         """The LLM's probability that the last message's words end a sentence (None if it cannot say)."""

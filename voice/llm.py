@@ -242,26 +242,29 @@ class LlamaCppLLM:
         probabilities = np.exp(logits - logits.max())
         return float(probabilities[selected].sum() / probabilities.sum())
 
-    async def prewarm(self, messages: list[dict[str, str]]) -> int:
+    async def prewarm(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> int:
         """Evaluate the prompt prefix `messages` into the KV cache in the background, so the next
         request that starts with it only pays for its new tokens. Runs on the model's worker in
-        small batches and stops at once when a real request is waiting, or when cancelled.
-        Returns how many of the prefix's tokens the cache holds afterwards."""
+        small batches and stops at once when a real request is waiting, or when cancelled. With
+        `max_new_tokens`, does nothing unless the cache already holds all but that many of the
+        prefix's tokens (sessions sharing the model must not take turns re-evaluating their
+        whole prompts). Returns how many of the prefix's tokens the cache holds afterwards."""
         prefix = self.prompt_prefix_tokens(messages)
         if not prefix:
             return 0
         stop = threading.Event()
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._evaluate_prefix, prefix, stop)
+            return await loop.run_in_executor(self._executor, self._evaluate_prefix, prefix, stop, max_new_tokens)
         finally:
             stop.set()
 
-    def _evaluate_prefix(self, prefix: list[int], stop: threading.Event) -> int:
+    def _evaluate_prefix(self, prefix: list[int], stop: threading.Event, max_new_tokens: int | None = None) -> int:
         llama = self.llama
         prefix = prefix[: max(0, llama.n_ctx() - PREWARM_CONTEXT_RESERVE)]
         kept = common_prefix_length(llama._input_ids, prefix)
-        if kept == len(prefix) or self._yield_worker(stop):
+        too_many = max_new_tokens is not None and len(prefix) - kept > max_new_tokens
+        if kept == len(prefix) or too_many or self._yield_worker(stop):
             return kept  # and the cache stays as it is: a waiting request may be about to reuse it
         if kept < llama.n_tokens:
             llama.n_tokens = kept  # `eval` drops the cache past n_tokens before evaluating

@@ -43,6 +43,9 @@ BURST_S = 0.3
 # Word endings are soft and Silero calls them silence early; keep a little audio past the end.
 TRAILING_CONTEXT_MS = 100
 PARTIAL_INTERVAL_S = 0.6
+# A partial transcript's words are pre-evaluated on the LLM only when this few tokens are left to
+# evaluate (about 10 s of speech): more means the shared cache holds another session's prompt.
+WORDS_PREWARM_MAX_NEW_TOKENS = 48
 MIN_PARTIAL_AUDIO_S = 0.5
 MAX_BUFFER_S = 120
 MIN_COMMIT_MS = 100
@@ -118,6 +121,7 @@ class VoiceSession:
         self._background: set[asyncio.Task] = set()
         self._transcriptions: set[asyncio.Task] = set()
         self._prewarm: asyncio.Task | None = None
+        self._prewarming_words = False  # whether `_prewarm` evaluates the user's words, or the history only
         self._closing = False
 
     def _make_responder(self, models) -> CascadeResponder | None:
@@ -432,16 +436,23 @@ class VoiceSession:
         work as soon as a real request arrives."""
         if not self.config.llm_prewarm or self.responder is None or self._closing:
             return
+        history_running = self._prewarm is not None and not self._prewarm.done() and not self._prewarming_words
+        if user_words and history_running:
+            return  # the history first: the words are tried again at the next partial transcript
         if self._prewarm is not None:
             self._prewarm.cancel()
+        self._prewarming_words = bool(user_words)
         instructions = self.config.instructions
-        messages = (self.conversation.chat_messages(instructions, pending_user_text=user_words) if user_words
-                    else self.conversation.next_prompt_prefix(instructions))
-        self._prewarm = self._spawn(self._run_prewarm(messages))
+        if user_words:
+            messages = self.conversation.chat_messages(instructions, pending_user_text=user_words)
+            # Only the new words: when another session has taken the cache, its whole prompt is not worth it.
+            self._prewarm = self._spawn(self._run_prewarm(messages, max_new_tokens=WORDS_PREWARM_MAX_NEW_TOKENS))
+        else:
+            self._prewarm = self._spawn(self._run_prewarm(self.conversation.next_prompt_prefix(instructions)))
 
-    async def _run_prewarm(self, messages: list[dict[str, str]]) -> None:
+    async def _run_prewarm(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> None:
         try:
-            await self.responder.prewarm(messages)
+            await self.responder.prewarm(messages, max_new_tokens)
         except Exception:  # an optimisation: a failure costs the next turn time, never the session
             log.exception("pre-evaluating the next prompt failed")
 
