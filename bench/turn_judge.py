@@ -1,0 +1,105 @@
+"""Offline check of the turn-completion judge: does it tell half a sentence from a whole one?
+
+For each paused-speech clip (bench/paused_speech.py) Whisper transcribes the audio up to the
+inserted pause, plus 100 ms of silence as the server holds it at that moment, and the whole
+clip. The session's judge scores both: the words-only rule (`unfinished_reason`) and the LLM's
+sentence-end probability. A good judge holds the halves and ends the wholes.
+
+    python -m voxloop.bench.turn_judge [--threshold 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+RATE = 16000
+HELD_SILENCE_S = 0.1  # what the server holds of the pause when it judges the words (TRAILING_CONTEXT_MS)
+
+
+@dataclass
+class JudgedClip:
+    clip: str
+    half: str  # Whisper's words up to the pause
+    whole: str
+    half_rule: str | None  # unfinished_reason: None means "finished"
+    whole_rule: str | None
+    half_p: float | None  # the LLM's sentence-end probability
+    whole_p: float | None
+
+
+def separation(halves: list[float], wholes: list[float]) -> float:
+    """Area under the ROC curve: the chance a whole sentence scores above a half one (ties count half)."""
+    pairs = [(w > h) + 0.5 * (w == h) for w in wholes for h in halves]
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def held_and_ended(clips: list[JudgedClip], threshold: float | None) -> tuple[int, int]:
+    """(halves held, wholes ended) under the session's rule: the words-only rule when `threshold`
+    is None, else the LLM rule (continuer words hold; otherwise P below `threshold` holds)."""
+    from voxloop.voice.speculation import CONTINUER
+
+    def holds(rule: str | None, p: float | None) -> bool:
+        if threshold is None or p is None:
+            return rule is not None
+        return rule == CONTINUER or p < threshold
+
+    held = sum(holds(c.half_rule, c.half_p) for c in clips)
+    ended = sum(not holds(c.whole_rule, c.whole_p) for c in clips)
+    return held, ended
+
+
+def judge_clips() -> list[JudgedClip]:
+    from voxloop.bench.paused_speech import build_paused_clips
+    from voxloop.codecs.audiofile import load_audio
+    from voxloop.voice.asr import WhisperTranscriber
+    from voxloop.voice.config import DEFAULT_INSTRUCTIONS
+    from voxloop.voice.llm import LlamaCppLLM
+    from voxloop.voice.speculation import unfinished_reason, without_final_punctuation
+
+    placements = json.loads((build_paused_clips() / "placements.json").read_text())
+    asr, llm = WhisperTranscriber(), LlamaCppLLM()
+
+    async def probability(text: str) -> float | None:
+        if not text:
+            return None
+        messages = [{"role": "system", "content": DEFAULT_INSTRUCTIONS},
+                    {"role": "user", "content": without_final_punctuation(text)}]
+        return await llm.sentence_end_probability(messages)
+
+    judged = []
+    for name, placement in tqdm(placements.items(), desc="judging", unit="clip"):
+        audio = load_audio(placement["source"], RATE)
+        cut = int(placement["at_s"] * RATE)
+        half = asr.transcribe(np.concatenate([audio[:cut], np.zeros(int(HELD_SILENCE_S * RATE), np.float32)])).text
+        whole = asr.transcribe(audio).text
+        judged.append(JudgedClip(name.removesuffix("-paused.wav"), half, whole, unfinished_reason(half), unfinished_reason(whole),
+                                 asyncio.run(probability(half)), asyncio.run(probability(whole))))
+    llm.close()
+    return judged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threshold", type=float, default=0.01, help="the LLM rule's sentence-end threshold (default: 0.01)")
+    parser.add_argument("--json", help="also write every clip's transcripts and scores here")
+    args = parser.parse_args(argv)
+    clips = judge_clips()
+    scored = [c for c in clips if c.half_p is not None and c.whole_p is not None]
+    print(f"{len(clips)} clips; LLM separation (AUC) {separation([c.half_p for c in scored], [c.whole_p for c in scored]):.3f}")
+    for label, threshold in (("words-only rule", None), (f"LLM rule, threshold {args.threshold}", args.threshold)):
+        held, ended = held_and_ended(clips, threshold)
+        print(f"{label}: halves held {held}/{len(clips)}, wholes ended {ended}/{len(clips)}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([asdict(c) for c in clips], handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
