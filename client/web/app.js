@@ -100,7 +100,11 @@ function wireAudio(engine, connection) {
     ui.level.style.transform = `scaleX(${level.toFixed(3)})`;
   });
   engine.addEventListener("started", ({ detail }) => running?.turn.playbackStarted(detail.itemId));
-  engine.addEventListener("finished", ({ detail }) => running?.turn.playbackFinished(detail.itemId, detail.playedMs));
+  engine.addEventListener("finished", ({ detail }) => {
+    // The periodic stats lag by up to one period: a finished reply's frames count at once.
+    stats.samplesPlayed = Math.max(stats.samplesPlayed, detail.framesPlayed);
+    running?.turn.playbackFinished(detail.itemId, detail.playedMs);
+  });
   engine.addEventListener("stats", ({ detail }) => {
     stats.samplesPlayed = detail.framesPlayed;
     stats.underruns = detail.underruns;

@@ -107,7 +107,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         this.queue.shift();
         const next = this.queue[0];
         if (this.completeItems.has(segment.itemId) && (!next || next.itemId !== segment.itemId)) {
-          this.port.postMessage({ type: "finished", itemId: segment.itemId, playedMs: this._playedMs(segment.itemId) });
+          this.port.postMessage({ type: "finished", itemId: segment.itemId, playedMs: this._playedMs(segment.itemId),
+                                  framesPlayed: this.framesPlayed });
           this.completeItems.delete(segment.itemId);
           this.buffering = true; // the next item gets its own jitter buffer
         }
