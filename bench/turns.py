@@ -177,12 +177,10 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
     true_end_unix = None
     true_end_audio_ms = None
     # The reply to this turn is created after its final transcript, so after the true end of
-    # speech; replies to earlier pieces of the clip (cut off by its own pauses) are older. The
-    # true end is known once the clip is sent, which can be just after the reply was created
-    # (a clip's trailing silence is sent while the server ends the turn), so both are kept.
-    created_at: dict[str, float] = {}
-    finished: dict[str, str] = {}  # status of each response that ended without being the answer
-    turn_end_audio_ms: list[int] = []
+    # speech; replies to earlier pieces of the clip (cut off by its own pauses) are older.
+    replies_after_end: set[str] = set()
+    created: list[str] = []  # every response seen, for the report of a turn that got no answer
+    finished: dict[str, str] = {}  # how those that ended without being the answer ended
     try:
         async with asyncio.timeout(TURN_TIMEOUT_S + clip.duration_s):
             while True:
@@ -196,15 +194,18 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                 now = time.time()
                 if kind == "conversation.item.input_audio_transcription.completed" and event["transcript"]:
                     transcripts.append(event["transcript"])
-                elif kind == "input_audio_buffer.speech_stopped":
-                    turn_end_audio_ms.append(event["audio_end_ms"])
+                elif kind == "input_audio_buffer.speech_stopped" and true_end_audio_ms is not None:
+                    turn.turn_ends += 1
+                    if is_false_end(event["audio_end_ms"], true_end_audio_ms):
+                        turn.false_ends += 1
                 elif kind == "response.created":
-                    created_at[event["response"]["id"]] = now
+                    created.append(event["response"]["id"])
+                    if true_end_unix is not None and now > true_end_unix:
+                        replies_after_end.add(event["response"]["id"])
                 elif kind == "response.output_audio.delta":
                     response_id = event["response_id"]
                     deltas.setdefault(response_id, []).append((now, pcm16_to_float(base64.b64decode(event["delta"]))))
-                    answers = true_end_unix is not None and created_at.get(response_id, 0.0) > true_end_unix
-                    if answering is None and answers and first_audible_play_time(deltas[response_id]):
+                    if answering is None and response_id in replies_after_end and first_audible_play_time(deltas[response_id]):
                         answering = response_id
                 elif kind == "response.output_audio_transcript.delta":
                     # A clause's words arrive just before its audio, so before the reply is known to be the answer.
@@ -218,11 +219,8 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                 elif kind == "error" and event["error"]["code"] != "response_cancel_not_active":
                     turn.error = event["error"]["message"]
     except TimeoutError:
-        seen = [f"{rid} {finished.get(rid, 'not done')}, said {said.get(rid, '')!r}" for rid in created_at]
+        seen = [f"{rid} {finished.get(rid, 'not done')}, said {said.get(rid, '')!r}" for rid in created]
         turn.error = "no audible reply before the timeout; responses: " + ("; ".join(seen) or "none")
-    if true_end_audio_ms is not None:  # turn ends reported before the clip was sent count too
-        turn.turn_ends = len(turn_end_audio_ms)
-        turn.false_ends = sum(is_false_end(end, true_end_audio_ms) for end in turn_end_audio_ms)
     if turn.error is None and answering is not None:
         await asyncio.sleep(max(0.0, playback_end(deltas[answering]) - time.time()))  # listening to the rest
     turn.transcript = " ".join(transcripts)
