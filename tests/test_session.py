@@ -166,3 +166,44 @@ def test_the_words_agreed_on_while_the_user_speaks_are_in_the_llm_cache_before_t
         uncached[prewarm_words] = timings["llm_prompt_tokens"] - timings["llm_cached_tokens"]
     # Without it, the prompt's tail since the last pause is left to evaluate; with it, only the last words.
     assert uncached[True] < uncached[False] / 2
+
+
+def test_the_words_prewarm_waits_for_the_history_and_replaces_only_an_earlier_words_prewarm(models):
+    """The history pre-warm is what every later turn builds on: a partial transcript's words
+    must not cancel it (they are tried again at the next partial), only older words."""
+    calls: list[tuple[str, int | None]] = []
+    release = {}
+
+    async def recording_prewarm(messages, max_new_tokens=None):
+        calls.append((messages[-1]["content"], max_new_tokens))
+        release[messages[-1]["content"]] = gate = asyncio.Event()
+        await gate.wait()
+        return 0
+
+    async def run():
+        async def emit(event):
+            pass
+
+        session = VoiceSession(models, emit, SessionConfig())
+        session.conversation.add(ConversationItem("a0", "assistant", "Hello, how can I help?"))
+        session.responder.prewarm = recording_prewarm
+        session._prewarm_next_prompt()  # after a reply: the history
+        await asyncio.sleep(0)
+        history = session._prewarm
+        session._prewarm_next_prompt(user_words="What is")
+        await asyncio.sleep(0)
+        assert session._prewarm is history and not history.cancelled()
+        release["Hello, how can I help?"].set()
+        await history
+        session._prewarm_next_prompt(user_words="What is")
+        await asyncio.sleep(0)
+        first_words = session._prewarm
+        session._prewarm_next_prompt(user_words="What is the time")
+        await asyncio.sleep(0)
+        assert first_words.cancelled()
+        for gate in release.values():
+            gate.set()
+        await session.close()
+
+    asyncio.run(run())
+    assert calls == [("Hello, how can I help?", None), ("What is", 48), ("What is the time", 48)]
