@@ -236,7 +236,7 @@ class LlamaCppLLM:
         evaluating only what the KV cache does not already hold."""
         llama = self.llama
         kept = min(common_prefix_length(llama._input_ids, tokens), len(tokens) - 1)  # the last token gives the logits
-        llama.n_tokens = kept  # `eval` drops the cache past n_tokens before evaluating
+        self._keep_cached(kept)
         llama.eval(tokens[kept:])
         logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
         probabilities = np.exp(logits - logits.max())
@@ -266,12 +266,17 @@ class LlamaCppLLM:
         too_many = max_new_tokens is not None and len(prefix) - kept > max_new_tokens
         if kept == len(prefix) or too_many or self._yield_worker(stop):
             return kept  # and the cache stays as it is: a waiting request may be about to reuse it
-        if kept < llama.n_tokens:
-            llama.n_tokens = kept  # `eval` drops the cache past n_tokens before evaluating
-            llama._requires_eval = True
+        self._keep_cached(kept)
         while llama.n_tokens < len(prefix) and not self._yield_worker(stop):
             llama.eval(prefix[llama.n_tokens: llama.n_tokens + PREWARM_BATCH_TOKENS])
         return llama.n_tokens
+
+    def _keep_cached(self, tokens: int) -> None:
+        """Keep only the first `tokens` of the KV cache; the next `eval` continues from there
+        (it drops the cache past n_tokens before evaluating). The logits held are then stale."""
+        if tokens < self.llama.n_tokens:
+            self.llama.n_tokens = tokens
+            self.llama._requires_eval = True
 
     def _yield_worker(self, stop: threading.Event) -> bool:
         return stop.is_set() or self._requests_waiting > 0
