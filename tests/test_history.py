@@ -82,3 +82,23 @@ def test_the_next_prompt_prefix_is_how_the_next_turns_prompt_starts_across_windo
             assert speculative == committed, (window, turn)
             assert committed[:len(prefix)] == prefix and committed[len(prefix):] == [{"role": "user", "content": f"question {turn}"}]
             conversation.add(ConversationItem(f"a{turn}", "assistant", f"answer {turn}"))
+
+
+def test_a_reply_cut_off_in_its_first_second_is_left_out_and_the_users_words_join_up():
+    conversation = Conversation()
+    conversation.add(ConversationItem("u1", "user", "And so my fellow Americans,"))
+    false_start = ConversationItem("a1", "assistant")
+    false_start.add_spoken("The way of the world.", 1500)
+    false_start.truncate(400)
+    conversation.add(false_start)
+    conversation.add(ConversationItem("u2", "user", "ask not what your country can do for you."))
+    heard = ConversationItem("a2", "assistant")
+    heard.add_spoken("A famous line.", 1200)
+    heard.add_spoken("It asks for service.", 1500)
+    heard.truncate(1500)  # heard past the first second: an answer, kept as heard
+    conversation.add(heard)
+    assert false_start.text == "The"  # the item itself still says what was played
+    assert conversation.chat_messages("sys")[1:] == [
+        {"role": "user", "content": "And so my fellow Americans, ask not what your country can do for you."},
+        {"role": "assistant", "content": "A famous line. It"},
+    ]

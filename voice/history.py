@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# A reply the user talked over within its first second was a false start (the turn had not
+# really ended), not an answer they heard. The LLM does not see it: a one-word reply such as
+# "The" in the history teaches a small model to answer in one word.
+FALSE_START_MS = 1000
+
 
 @dataclass
 class SpokenSegment:
@@ -35,6 +40,10 @@ class ConversationItem:
         start = self.audio_ms
         self.segments.append(SpokenSegment(text, start, start + duration_ms))
         self.text = " ".join(s.text for s in self.segments)
+
+    @property
+    def false_start(self) -> bool:
+        return self.role == "assistant" and self.truncated_at_ms is not None and self.truncated_at_ms < FALSE_START_MS
 
     def truncate(self, audio_end_ms: float) -> None:
         """Keep only the words spoken before `audio_end_ms` of this item's audio."""
@@ -97,7 +106,8 @@ class Conversation:
         return item is not None
 
     def chat_messages(self, instructions: str, pending_user_text: str | None = None) -> list[dict[str, str]]:
-        """Chat-completion messages: system prompt, then recent turns, same-role turns merged.
+        """Chat-completion messages: system prompt, then recent turns, same-role turns merged,
+        replies cut off as false starts left out (so the user's words around one join up).
         `pending_user_text` is a user turn not yet in the history (a speculative one); it counts
         towards the window as the item it will become, so the speculative prompt and the one
         made after the commit start alike."""
@@ -110,7 +120,7 @@ class Conversation:
 
     def _messages(self, instructions: str, pending_user_text: str | None, pending_items: int) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": instructions}] if instructions else []
-        turns = [(item.role, item.text) for item in self.items[self._window_start(pending_items):]]
+        turns = [(item.role, item.text) for item in self.items[self._window_start(pending_items):] if not item.false_start]
         if pending_user_text:
             turns.append(("user", pending_user_text))
         for role, text in turns:
