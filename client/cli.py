@@ -43,6 +43,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        "(default: 8 on a GPU, 20 on a CPU)")
     group.add_argument("--xtts-half", action="store_true", help="XTTS in float16 autocast on CUDA (not faster on an H100)")
     group.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
+    group.add_argument("--spinning-threads", action="store_true",
+                       help="let numpy's BLAS (several threads) and Piper's onnxruntime threads busy-wait between calls, "
+                            "as they do by default; on a small CPU that spinning takes the cores from the next model "
+                            "(default: they sleep, and numpy uses one thread)")
 
 
 def _model_options(args: argparse.Namespace):
@@ -55,7 +59,8 @@ def _model_options(args: argparse.Namespace):
                         piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,
-                        xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads)
+                        xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads,
+                        spinning_threads=args.spinning_threads)
 
 
 def _add_native_options(parser: argparse.ArgumentParser) -> None:

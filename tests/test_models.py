@@ -131,3 +131,22 @@ def test_piper_speaks_at_the_protocol_rate():
     assert 1.0 < seconds < 5.0  # eight words of speech
     assert np.sqrt(np.mean(audio ** 2)) > 0.01
     assert tts.default_voice == "en_US-joe-medium"
+
+
+def test_piper_threads_sleep_between_clauses():
+    options = PiperSynthesizer().voice.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_numpy_blas_is_kept_to_one_thread():
+    from threadpoolctl import ThreadpoolController
+
+    from voxloop.voice.models import keep_numpy_single_threaded
+
+    controller = ThreadpoolController()
+    openblas = controller.select(internal_api="openblas")
+    if not openblas.lib_controllers:
+        pytest.fail("numpy is expected to bring OpenBLAS on this project's platforms")
+    with openblas.limit(limits=2):
+        keep_numpy_single_threaded()
+        assert [info["num_threads"] for info in ThreadpoolController().select(internal_api="openblas").info()] == [1] * len(openblas.lib_controllers)

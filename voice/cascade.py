@@ -45,7 +45,7 @@ class CascadeResponder:
 
     async def respond(self, messages: list[dict[str, str]], settings: GenerationSettings, voice: str | None,
                       marks: dict[str, float]) -> AsyncIterator[SpeechPiece]:
-        """Stream the spoken reply. Records `llm_first_token`, `llm_done` and `tts_first_audio`
+        """Stream the spoken reply. Records `llm_first_token`, `llm_first_clause`, `llm_done` and `tts_first_audio`
         (time.monotonic) into `marks`, and what the LLM reports of the request (ChatLLM.stream)."""
         clauses: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         # Open: the LLM may run. Closed from the first clause to the first audio if asked to.
@@ -93,8 +93,10 @@ class CascadeResponder:
                 async for piece in pieces:
                     marks.setdefault("llm_first_token", time.monotonic())
                     for clause in chunker.push(piece):
-                        if await self._put(clauses, clause) and gate is not None and "tts_first_audio" not in marks:
-                            gate.clear()  # the first clause is out: let TTS have the cores for its first audio
+                        if await self._put(clauses, clause):
+                            marks.setdefault("llm_first_clause", time.monotonic())
+                            if gate is not None and "tts_first_audio" not in marks:
+                                gate.clear()  # the first clause is out: let TTS have the cores for its first audio
             for clause in chunker.flush():
                 await self._put(clauses, clause)
             marks["llm_done"] = time.monotonic()

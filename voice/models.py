@@ -43,6 +43,7 @@ class ModelOptions:
     xtts_chunk_tokens: int | None = None  # audio tokens per streamed chunk; None: 8 on a GPU, 20 on a CPU
     xtts_half: bool = False  # float16 autocast on CUDA
     threads: int = 0  # 0: all cores
+    spinning_threads: bool = False  # see keep_numpy_single_threaded and PiperSynthesizer
 
 
 @dataclass
@@ -79,7 +80,7 @@ def build_llm(options: ModelOptions) -> ChatLLM:
 
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:
     if options.tts == "piper":
-        return PiperSynthesizer(options.piper_voice)
+        return PiperSynthesizer(options.piper_voice, spinning_threads=options.spinning_threads)
     if options.tts == "xtts":
         from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
 
@@ -96,10 +97,25 @@ def _tts_label(options: ModelOptions) -> str:
     return f"piper: {options.piper_voice or 'bundled voice'}"
 
 
+def keep_numpy_single_threaded() -> None:
+    """One thread for numpy's OpenBLAS, process-wide.
+
+    OpenBLAS's threads busy-wait for about 0.1 s after every call. Whisper's mel spectrogram is
+    one small matrix product, and afterwards those threads took the cores from Whisper's own
+    encoder: on 2 cores a 4 s utterance took 194 ms to transcribe instead of 135 (median of 16,
+    interleaved). Nothing in the server needs numpy to multiply on more than one thread.
+    Other BLAS libraries (torch's MKL for XTTS and the native path) keep their threads."""
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
+
+
 def load_cascade(options: ModelOptions, console: Console | None = None) -> CascadeModels:
     """Load every model with a visible progress bar. Blocking: call before serving, then
     `await warm_up()` on the serving event loop (HTTP clients bind to the loop they first use)."""
     console = console or Console(stderr=True)
+    if not options.spinning_threads:
+        keep_numpy_single_threaded()
     steps = [
         ("Silero VAD", lambda: SileroVAD()),
         (f"Whisper ({options.asr_model or 'bundled tiny.en'})",

@@ -209,6 +209,7 @@ class VoiceSession:
         self._drop_speculation()
         end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
         speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
+        speculation.marks["speech_paused"] = time.monotonic()
         speculation.task = asyncio.create_task(self._speculate(speculation))
         turn.speculation = speculation
         turn.speculations += 1
@@ -589,8 +590,9 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     if "asr_audio_s" in marks:
         timings["asr_audio_s"] = round(marks["asr_audio_s"], 3)
     # Why a turn was slow: optional, present when the path knows them.
-    if "llm_start" in marks:
-        timings["llm_start_ms"] = round(1000 * (marks["llm_start"] - reference), 1)
+    for name in ("speech_paused", "llm_start", "llm_first_clause"):
+        if name in marks:
+            timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
     for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",
                  "llm_cached_tokens"):
         if name in marks:
