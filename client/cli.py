@@ -13,7 +13,7 @@ from rich.console import Console
 from voxloop.client.realtime_client import DEFAULT_URL
 from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.config import SessionConfig
-from voxloop.voice.turns import TurnDetectionConfig
+from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"pause that ends a turn (default: {defaults.silence_duration_ms})")
     turns.add_argument("--unfinished-silence-ms", type=int, default=defaults.unfinished_silence_ms,
                        help=f"pause that ends a turn whose words sound unfinished (default: {defaults.unfinished_silence_ms})")
-    turns.add_argument("--unfinished-rule", choices=["punctuation", "evidence", "llm"], default=defaults.unfinished_rule,
+    turns.add_argument("--unfinished-rule", choices=UNFINISHED_RULES, default=defaults.unfinished_rule,
                        help="when words sound unfinished: 'punctuation' (no final stop, or a word like 'and'/'that' even "
                             "after a stop) holds --unfinished-silence-ms; 'evidence' holds it only for a word like "
                             "'and'/'the' or a trailing comma, and --unpunctuated-silence-ms when only the final stop is "

@@ -6,11 +6,11 @@ beta shape (`session.turn_detection`, `session.voice`) are accepted; the GA shap
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from voxloop.voice.config import SessionConfig
-from voxloop.voice.turns import TurnDetectionConfig
+from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
 
 
 class SessionUpdateError(ValueError):
@@ -21,6 +21,7 @@ class SessionUpdateError(ValueError):
 
 _MISSING = object()
 _TURN_FIELDS = {f.name: f.type for f in fields(TurnDetectionConfig)}
+_TURN_CHOICES = {"unfinished_rule": UNFINISHED_RULES}  # the fields that take a word
 
 
 def apply_session_update(config: SessionConfig, session: Any) -> SessionConfig:
@@ -92,22 +93,24 @@ def _parse_turn_detection(turn: Any, current: TurnDetectionConfig | None) -> Tur
             continue
         if name not in _TURN_FIELDS:
             raise SessionUpdateError(f"unknown turn_detection field {name!r}", f"session.audio.input.turn_detection.{name}")
+        param = f"session.audio.input.turn_detection.{name}"
+        if name in _TURN_CHOICES:
+            if value not in _TURN_CHOICES[name]:
+                raise SessionUpdateError(f"turn_detection.{name} must be one of {', '.join(_TURN_CHOICES[name])}, "
+                                         f"not {value!r}", param)
+            setattr(config, name, value)
+            continue
         expected = bool if _TURN_FIELDS[name] == "bool" else (float if _TURN_FIELDS[name] == "float" else int)
         ok = isinstance(value, bool) if expected is bool else isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or (expected is not bool and value < 0) or (name == "threshold" and value > 1):
-            raise SessionUpdateError(f"invalid turn_detection.{name}: {value!r}", f"session.audio.input.turn_detection.{name}")
+            raise SessionUpdateError(f"invalid turn_detection.{name}: {value!r}", param)
         setattr(config, name, expected(value))
     return config
 
 
 def session_object(session_id: str, config: SessionConfig, *, model: str, voice: str, transcription_model: str) -> dict[str, Any]:
     turn = config.turn_detection
-    turn_wire = None if turn is None else {
-        "type": "server_vad", "threshold": turn.threshold, "prefix_padding_ms": turn.prefix_padding_ms,
-        "silence_duration_ms": turn.silence_duration_ms, "create_response": turn.create_response,
-        "interrupt_response": turn.interrupt_response, "min_speech_ms": turn.min_speech_ms,
-        "eager_after_ms": turn.eager_after_ms, "unfinished_silence_ms": turn.unfinished_silence_ms,
-    }
+    turn_wire = None if turn is None else {"type": "server_vad", **asdict(turn)}  # the extensions too, as set
     pcm = {"type": "audio/pcm", "rate": 24000}
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxloop.voice.cascade import SpeechPiece
-from voxloop.voice.turns import TurnDetectionConfig
+from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
 
 _END = object()
 # Words a sentence practically never ends on: a pause after them is the speaker thinking, even
@@ -83,7 +83,7 @@ def unfinished_hold(text: str, config: TurnDetectionConfig,
         if config.unfinished_rule == "llm" and reason != CONTINUER and sentence_end_probability is not None:
             reason = UNLIKELY_END if sentence_end_probability < config.sentence_end_threshold else None
     else:
-        raise ValueError(f"unfinished_rule must be 'punctuation', 'evidence' or 'llm', not {config.unfinished_rule!r}")
+        raise ValueError(f"unfinished_rule must be one of {', '.join(UNFINISHED_RULES)}, not {config.unfinished_rule!r}")
     if reason is None:
         return None, config.silence_duration_ms
     hold = config.unpunctuated_silence_ms if reason == UNPUNCTUATED else config.unfinished_silence_ms

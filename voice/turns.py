@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+UNFINISHED_RULES = ("punctuation", "evidence", "llm")  # see TurnDetectionConfig.unfinished_rule
+
+
 @dataclass
 class TurnDetectionConfig:
     """The Realtime API's `server_vad` settings, with its defaults, plus voxloop's extensions."""
