@@ -55,6 +55,9 @@ class TurnMeasurement:
     # them came before its true end of speech: a reply to half a sentence.
     turn_ends: int = 0
     false_ends: int = 0
+    # How far the bench's mic fell behind real time while speaking the clip (a loaded machine);
+    # the true end of speech is timed from when its audio was really sent, so this is a note.
+    mic_lag_ms: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +65,7 @@ class TurnMeasurement:
 
 class PacedMicrophone:
     """Sends 20 ms blocks at real-time pace, silence when there is nothing to say, and records
-    when each sample would have been spoken (a real mic sends a block once it is captured)."""
+    when each sample was spoken (a real mic sends a block once it is captured)."""
 
     def __init__(self, client: RealtimeClient):
         self.client = client
@@ -71,6 +74,10 @@ class PacedMicrophone:
         # Where the speech `say` last started on the audio clock the server counts (ms of audio
         # sent since the session's first block), to place the server's audio_end_ms.
         self.last_start_audio_ms = 0.0
+        # When each block since the last `say` began was sent (block index on the audio clock ->
+        # time.time()), and how far behind its real-time schedule the mic fell since then.
+        self._sent_unix: dict[int, float] = {}
+        self.speech_lag_s = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -86,6 +93,15 @@ class PacedMicrophone:
         await self._pending.put((audio, spoken))
         return await spoken
 
+    def spoken_unix(self, audio_ms: float) -> float | None:
+        """When the sample at `audio_ms` on the audio clock was spoken, from the time its block was
+        really sent (None until then). A mic that fell behind its schedule sends late and then
+        catches up in a burst, so the schedule alone would place the end of speech too late, and a
+        reply could seem to come before it."""
+        block = int(audio_ms // (BLOCK_S * 1000))
+        sent = self._sent_unix.get(block)
+        return None if sent is None else sent - BLOCK_S + (audio_ms / 1000 - block * BLOCK_S)
+
     async def _run(self) -> None:
         block = int(BLOCK_S * WIRE_RATE)
         silence = np.zeros(block, dtype=np.float32)
@@ -97,6 +113,8 @@ class PacedMicrophone:
                 audio, spoken = self._pending.get_nowait()
                 offset = 0
                 self.last_start_audio_ms = sent_blocks * BLOCK_S * 1000
+                self._sent_unix.clear()
+                self.speech_lag_s = 0.0
                 # Sent at the end of its capture: the first sample was spoken one block earlier.
                 spoken.set_result(time.time() + max(0.0, start + sent_blocks * BLOCK_S - time.monotonic()) - BLOCK_S)
             if audio is not None:
@@ -110,6 +128,8 @@ class PacedMicrophone:
                 chunk = silence
             await asyncio.sleep(max(0.0, start + sent_blocks * BLOCK_S - time.monotonic()))
             await self.client.append_audio(chunk)
+            self._sent_unix[sent_blocks] = time.time()
+            self.speech_lag_s = max(self.speech_lag_s, time.monotonic() - (start + sent_blocks * BLOCK_S))
             sent_blocks += 1
 
 
@@ -185,9 +205,10 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
         async with asyncio.timeout(TURN_TIMEOUT_S + clip.duration_s):
             while True:
                 event = await client.recv(timeout=0.5)
-                if true_end_unix is None and spoken_at.done():
-                    true_end_unix = spoken_at.result() + end_s
+                if true_end_audio_ms is None and spoken_at.done():
                     true_end_audio_ms = mic.last_start_audio_ms + 1000 * end_s
+                if true_end_unix is None and true_end_audio_ms is not None:
+                    true_end_unix = mic.spoken_unix(true_end_audio_ms)
                 if event is None:
                     continue
                 kind = event["type"]
@@ -220,7 +241,9 @@ async def speak_turn(client: RealtimeClient, mic: PacedMicrophone, clip: Clip, v
                     turn.error = event["error"]["message"]
     except TimeoutError:
         seen = [f"{rid} {finished.get(rid, 'not done')}, said {said.get(rid, '')!r}" for rid in created]
-        turn.error = "no audible reply before the timeout; responses: " + ("; ".join(seen) or "none")
+        turn.error = (f"no audible reply before the timeout (mic up to {1000 * mic.speech_lag_s:.0f} ms behind); responses: "
+                      + ("; ".join(seen) or "none"))
+    turn.mic_lag_ms = round(1000 * mic.speech_lag_s, 1)
     if turn.error is None and answering is not None:
         await asyncio.sleep(max(0.0, playback_end(deltas[answering]) - time.time()))  # listening to the rest
     turn.transcript = " ".join(transcripts)
