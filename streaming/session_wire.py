@@ -91,9 +91,9 @@ def _parse_turn_detection(turn: Any, current: TurnDetectionConfig | None) -> Tur
     for name, value in turn.items():
         if name in ("type", "idle_timeout_ms", "eagerness") or value is None:
             continue
-        if name not in _TURN_FIELDS:
-            raise SessionUpdateError(f"unknown turn_detection field {name!r}", f"session.audio.input.turn_detection.{name}")
         param = f"session.audio.input.turn_detection.{name}"
+        if name not in _TURN_FIELDS:
+            raise SessionUpdateError(f"unknown turn_detection field {name!r}", param)
         if name in _TURN_CHOICES:
             if value not in _TURN_CHOICES[name]:
                 raise SessionUpdateError(f"turn_detection.{name} must be one of {', '.join(_TURN_CHOICES[name])}, "
