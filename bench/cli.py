@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-args", default="", help="arguments for the server this command starts, e.g. '--asr-model small.en'")
     parser.add_argument("--label", help="name of the configuration in tables and plots (default: its serve arguments "
                         "when short, else 'voxloop')")
-    parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS", help="two server variants, interleaved turn by turn")
+    parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS", help="two server variants, interleaved turn by turn; the concurrency sweep runs "
+                        "both, alternating A B B A")
     parser.add_argument("--turns", type=int, default=32, help="turns per variant at one session (default: 32, one per clip)")
     parser.add_argument("--conversation-turns", type=int, default=6,
                         help="turns per conversation before the bench opens a new one (default: 6). The embedded 135 M "
@@ -142,17 +143,24 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     started = time.time()
     sweep = [int(n) for n in args.sessions.split(",") if int(n) > 0]
-    total = args.turns * len(variants) + sum(n * args.sweep_turns for n in sweep if n > 1)
+    total = args.turns * len(variants) + len(variants) * sum(n * args.sweep_turns for n in sweep if n > 1)
     with tqdm(total=total, desc="turns", unit="turn") as bar:
         main_turns = asyncio.run(_interleaved(variants, clips, args.turns, max(1, args.conversation_turns), bar))
-        sweep_turns = {1: [t for t in main_turns if t.variant == variants[0].name]}
-        for sessions in sweep:
-            if sessions > 1:
-                sweep_turns[sessions] = asyncio.run(_concurrent(variants[0], clips, sessions, args.sweep_turns, bar))
+        by_variant = {v.name: [t for t in main_turns if t.variant == v.name] for v in variants}
+        sweep_turns = {(v.name, 1): by_variant[v.name] for v in variants}
+        for sessions in (n for n in sweep if n > 1):
+            for variant, turns in _sweep_rounds(variants, args.sweep_turns):
+                measured = asyncio.run(_concurrent(variant, clips, sessions, turns, bar))
+                sweep_turns.setdefault((variant.name, sessions), []).extend(measured)
 
-    by_variant = {v.name: [t for t in main_turns if t.variant == v.name] for v in variants}
     summaries = {name: report.summarize(turns) for name, turns in by_variant.items()}
-    sweep_summaries = {f"{variants[0].name} x{n}": {**report.summarize(turns), "sessions": n} for n, turns in sweep_turns.items()}
+    sweep_summaries = {f"{name} x{n}": {**report.summarize(turns), "sessions": n} for (name, n), turns in sweep_turns.items()}
+    sweep_ratios = None
+    if len(variants) == 2:
+        sweep_ratios = {}
+        for n in sorted({n for _, n in sweep_turns if n > 1}):
+            a, b = (sweep_summaries[f"{v.name} x{n}"]["voice_to_voice_ms"] for v in variants)
+            sweep_ratios[n] = {q: (b[q] / a[q] if a[q] and b[q] else None) for q in ("p50", "p95")}
 
     rtf = None
     if not args.no_rtf and variants[0].server is not None:
@@ -165,15 +173,27 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
 
     results = {"machine": report.machine_description(), "started_unix": started, "duration_s": time.time() - started,
                "variants": {v.name: v.serve_args for v in variants}, "summaries": summaries, "sweep": sweep_summaries,
-               "stage_rtf": rtf, "ratios_second_over_first": ratios,
-               "turns": [t.to_dict() for t in main_turns] + [t.to_dict() for n, ts in sweep_turns.items() if n > 1 for t in ts]}
+               "stage_rtf": rtf, "ratios_second_over_first": ratios, "sweep_ratios_second_over_first": sweep_ratios,
+               "turns": [t.to_dict() for t in main_turns] + [t.to_dict() for (_, n), ts in sweep_turns.items() if n > 1 for t in ts]}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    report.plot_cdf({**by_variant, **{f"{variants[0].name} x{n}": ts for n, ts in sweep_turns.items() if n > 1}},
+    report.plot_cdf({**by_variant, **{f"{name} x{n}": ts for (name, n), ts in sweep_turns.items() if n > 1}},
                     out / "latency_cdf.png", "Voice-to-voice latency")
     report.plot_stages({**summaries, **{k: v for k, v in sweep_summaries.items() if v["sessions"] > 1}},
                        out / "stages.png", "Where the time goes (medians)")
-    (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns))
+    (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns,
+                                                      sweep_ratios))
     return results
+
+
+def _sweep_rounds(variants: list[Variant], turns: int) -> list[tuple[Variant, int]]:
+    """Who runs the concurrency sweep, and for how many turns per session each time: one variant
+    alone; two in the order A, B, B, A with the turns split in halves, so drift in the machine's
+    load falls on both."""
+    if len(variants) == 1:
+        return [(variants[0], turns)]
+    first, second = turns - turns // 2, turns // 2
+    rounds = [(variants[0], first), (variants[1], first), (variants[1], second), (variants[0], second)]
+    return [(variant, n) for variant, n in rounds if n > 0]
 
 
 def _publish(results_md: Path, out: Path, argv: list[str], section: str) -> None:
@@ -208,7 +228,7 @@ def _stage_rtf(serve_args: list[str], clips) -> dict:
         return measure_stage_rtf(models, clips, progress=bar.update)
 
 
-def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns) -> str:
+def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns, sweep_ratios=None) -> str:
     parts = [f"Machine: {results['machine']}", "",
              "Voice-to-voice latency: the first audible sample of the reply (as a client that plays deltas on arrival "
              "would hear it) minus the true end of speech in the clip (offline VAD + energy, cached). "
@@ -221,8 +241,11 @@ def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants
     if ratios:
         parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): "
                   + ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratios.items())]
-    if len(sweep_summaries) > 1:
+    if any(v["sessions"] > 1 for v in sweep_summaries.values()):
         parts += ["", "Concurrency sweep (sessions talking at once to one server):", "", report.markdown_table(sweep_summaries)]
+    for n, ratio in (sweep_ratios or {}).items():
+        parts += ["", f"Ratio {variants[1].name} / {variants[0].name} at {n} sessions (same run, alternating A B B A): "
+                  + ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratio.items())]
     if rtf:
         parts += ["", "Real-time factor per stage (compute time / audio duration, in-process, same models):", "",
                   "| stage | median RTF | p95 RTF |", "|---|---|---|"]
