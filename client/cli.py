@@ -31,6 +31,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-model", default="default", help="model name to send to --llm-url")
     group.add_argument("--llm-api-key-env", default="VOXLOOP_LLM_API_KEY", help="environment variable holding the --llm-url API key")
     group.add_argument("--llm-gpu-layers", type=int, default=0, help="llama.cpp layers to offload to the GPU (-1: all)")
+    group.add_argument("--llm-cache-copies-mib", type=int, default=256, metavar="MIB",
+                       help="memory for copies of the embedded LLM's KV cache, kept when another session's request "
+                            "displaces a conversation, so its next turn need not evaluate its history again "
+                            "(default: 256; 0: no copies)")
     group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")
@@ -55,7 +59,8 @@ def _model_options(args: argparse.Namespace):
     return ModelOptions(asr_model=args.asr_model, asr_device=args.asr_device, asr_compute_type=args.asr_compute_type,
                         asr_window_padding_s=args.asr_window or None,
                         llm_gguf=args.llm_gguf, llm_url=args.llm_url, llm_model=args.llm_model,
-                        llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers, tts=args.tts,
+                        llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers,
+                        llm_cache_copies_mib=args.llm_cache_copies_mib, tts=args.tts,
                         piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,

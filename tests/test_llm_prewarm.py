@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from contextlib import aclosing
 
 import pytest
+from llm_conversations import SYSTEM, conversation_after, first_token_stats, next_turn
 
 from voxloop.voice.history import Conversation, ConversationItem
-from voxloop.voice.llm import GenerationSettings, LlamaCppLLM, cached_prefix_tokens, common_prefix_length
+from voxloop.voice.llm import LlamaCppLLM, cached_prefix_tokens, common_prefix_length
 
-SYSTEM = "You are a friendly voice assistant. Answer in one short sentence."
 
 
 def test_cached_prefix_counts_the_common_start_and_replays_the_last_token_of_a_fully_cached_prompt():
@@ -24,29 +23,11 @@ def test_cached_prefix_counts_the_common_start_and_replays_the_last_token_of_a_f
 
 @pytest.fixture(scope="module")
 def llm():
-    model = LlamaCppLLM()
+    # Without copies of displaced caches (tests/test_kv_snapshots.py): these tests displace the
+    # cache on purpose, to see what the pre-warm alone evaluates.
+    model = LlamaCppLLM(cache_copies_mib=0)
     yield model
     model.close()
-
-
-def conversation_after(turns: int) -> Conversation:
-    conversation = Conversation()
-    for turn in range(turns):
-        conversation.add(ConversationItem(f"u{turn}", "user", f"Tell me something nice about the number {turn}, please."))
-        conversation.add(ConversationItem(f"a{turn}", "assistant", f"The number {turn} is a fine number, friendly and round."))
-    return conversation
-
-
-async def first_token_stats(llm: LlamaCppLLM, messages: list[dict[str, str]]) -> dict:
-    stats: dict = {}
-    async with aclosing(llm.stream(messages, GenerationSettings(max_tokens=2), stats=stats)) as pieces:
-        async for _ in pieces:
-            break
-    return stats
-
-
-def next_turn(conversation: Conversation, text: str) -> list[dict[str, str]]:
-    return conversation.chat_messages(SYSTEM, pending_user_text=text)
 
 
 @pytest.mark.models

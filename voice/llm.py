@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from voxloop.voice.errors import ModelNotFoundError
+from voxloop.voice.kv_snapshots import KVSnapshots
 from voxloop.voice.threaded import iterate_in_thread
 
 
@@ -95,9 +96,12 @@ def _load_llama(**kwargs):
 
         last_prompt_tokens: int | None = None
         last_cached_tokens: int | None = None
+        snapshots: KVSnapshots | None = None
 
         def generate(self, tokens, *args, **kwargs):
             tokens = list(tokens)
+            if self.snapshots is not None and kwargs.get("reset", True):
+                self.snapshots.prepare(tokens)
             self.last_prompt_tokens = len(tokens)
             self.last_cached_tokens = cached_prefix_tokens(self._input_ids, tokens) if kwargs.get("reset", True) else None
             return super().generate(tokens, *args, **kwargs)
@@ -109,12 +113,17 @@ class LlamaCppLLM:
     """An embedded GGUF model. One generation at a time: llama.cpp contexts are not thread-safe,
     so every session shares one worker thread and queues on it."""
 
-    def __init__(self, gguf_path: str | None = None, n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0):
+    def __init__(self, gguf_path: str | None = None, n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0,
+                 cache_copies_mib: int = 256):
+        """`cache_copies_mib`: memory for copies of the KV cache that other sessions' requests
+        displaced (voice/kv_snapshots.py); 0 turns them off."""
         path = Path(gguf_path or bundled_gguf_path()).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF model file {path} does not exist")
         self.llama = _load_llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or (os.cpu_count() or 2),
                                  n_gpu_layers=n_gpu_layers, verbose=False)
+        if cache_copies_mib > 0 and not (self.llama._is_recurrent or self.llama._is_hybrid):
+            self.llama.snapshots = KVSnapshots(self.llama, cache_copies_mib << 20)
         self.name = path.stem
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         # Real requests submitted to the worker and not yet started: a pre-warm yields to them.
@@ -235,6 +244,8 @@ class LlamaCppLLM:
         """Probability mass of the `selected` vocabulary entries as the token after `tokens`,
         evaluating only what the KV cache does not already hold."""
         llama = self.llama
+        if llama.snapshots is not None:
+            llama.snapshots.prepare(tokens)
         kept = min(common_prefix_length(llama._input_ids, tokens), len(tokens) - 1)  # the last token gives the logits
         self._keep_cached(kept)
         llama.eval(tokens[kept:])
@@ -262,10 +273,14 @@ class LlamaCppLLM:
     def _evaluate_prefix(self, prefix: list[int], stop: threading.Event, max_new_tokens: int | None = None) -> int:
         llama = self.llama
         prefix = prefix[: max(0, llama.n_ctx() - PREWARM_CONTEXT_RESERVE)]
+        if self._yield_worker(stop):
+            return common_prefix_length(llama._input_ids, prefix)  # the cache stays as it is for the waiting request
+        if llama.snapshots is not None:
+            llama.snapshots.prepare(prefix)
         kept = common_prefix_length(llama._input_ids, prefix)
         too_many = max_new_tokens is not None and len(prefix) - kept > max_new_tokens
-        if kept == len(prefix) or too_many or self._yield_worker(stop):
-            return kept  # and the cache stays as it is: a waiting request may be about to reuse it
+        if kept == len(prefix) or too_many:
+            return kept
         self._keep_cached(kept)
         while llama.n_tokens < len(prefix) and not self._yield_worker(stop):
             llama.eval(prefix[llama.n_tokens: llama.n_tokens + PREWARM_BATCH_TOKENS])

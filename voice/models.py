@@ -6,9 +6,7 @@ the backends), so concurrent sessions queue instead of racing inside a model.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -18,6 +16,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from voxloop.voice.asr import Transcript, WhisperTranscriber
 from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICompatibleLLM
+from voxloop.voice.priority_worker import PriorityWorker
 from voxloop.voice.tts import PiperSynthesizer, SpeechSynthesizer
 from voxloop.voice.vad import SileroVAD
 
@@ -33,6 +32,7 @@ class ModelOptions:
     llm_model: str = "default"
     llm_api_key_env: str = "VOXLOOP_LLM_API_KEY"
     llm_gpu_layers: int = 0
+    llm_cache_copies_mib: int = 256  # copies of displaced KV caches (voice/kv_snapshots.py); 0: none
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
@@ -53,10 +53,11 @@ class CascadeModels:
     llm: ChatLLM
     tts: SpeechSynthesizer
     load_seconds: dict[str, float] = field(default_factory=dict)
-    _asr_executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="asr"))
+    _asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
 
-    async def transcribe(self, audio16k: np.ndarray) -> Transcript:
-        return await asyncio.get_running_loop().run_in_executor(self._asr_executor, self.asr.transcribe, audio16k)
+    async def transcribe(self, audio16k: np.ndarray, urgent: bool = True) -> Transcript:
+        """`urgent=False` for partial transcripts: any session's final pass goes before them."""
+        return await self._asr_worker.run(self.asr.transcribe, audio16k, urgent=urgent)
 
     async def warm_up(self) -> None:
         """One pass through every model, so the first user does not pay for lazy initialisation."""
@@ -75,7 +76,8 @@ class CascadeModels:
 def build_llm(options: ModelOptions) -> ChatLLM:
     if options.llm_url:
         return OpenAICompatibleLLM(options.llm_url, options.llm_model, api_key_env=options.llm_api_key_env)
-    return LlamaCppLLM(options.llm_gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers)
+    return LlamaCppLLM(options.llm_gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers,
+                       cache_copies_mib=options.llm_cache_copies_mib)
 
 
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:

@@ -343,7 +343,7 @@ class VoiceSession:
             audio = self._audio.slice(turn.start_sample, self._audio.end)
             if audio.size < MIN_PARTIAL_AUDIO_S * SAMPLE_RATE:
                 continue
-            words = (await self.models.transcribe(audio)).text.split()
+            words = (await self.models.transcribe(audio, urgent=False)).text.split()
             stable = _agreed_prefix(previous, words)
             previous = words
             if stable > emitted:

@@ -1,0 +1,61 @@
+"""The model worker that serves urgent jobs (a turn's final transcription) before background ones."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from voxloop.voice.priority_worker import PriorityWorker
+
+
+def test_a_queued_urgent_job_runs_before_queued_background_ones():
+    worker = PriorityWorker("test")
+    ran: list[str] = []
+    release = threading.Event()
+    try:
+        worker.submit(release.wait)  # holds the worker while the others queue
+        futures = [worker.submit(ran.append, "partial-1", urgent=False), worker.submit(ran.append, "partial-2", urgent=False),
+                   worker.submit(ran.append, "final-1"), worker.submit(ran.append, "final-2")]
+        release.set()
+        for future in futures:
+            future.result(timeout=5)
+    finally:
+        worker.shutdown()
+    assert ran == ["final-1", "final-2", "partial-1", "partial-2"]
+
+
+def test_a_cancelled_wait_drops_the_job_and_errors_reach_the_caller():
+    worker = PriorityWorker("test")
+    ran: list[str] = []
+    release = threading.Event()
+
+    def fail():
+        raise ValueError("bad audio")
+
+    async def scenario():
+        worker.submit(release.wait)
+        abandoned = asyncio.create_task(worker.run(ran.append, "abandoned", urgent=False))
+        await asyncio.sleep(0.05)
+        abandoned.cancel()
+        await asyncio.gather(abandoned, return_exceptions=True)
+        release.set()
+        with pytest.raises(ValueError, match="bad audio"):
+            await worker.run(fail)
+        return await worker.run(lambda: "still serving")
+
+    try:
+        assert asyncio.run(scenario()) == "still serving"
+    finally:
+        worker.shutdown()
+    assert ran == []
+
+
+def test_shutdown_drops_waiting_jobs_and_stops_the_thread():
+    worker = PriorityWorker("test")
+    worker.submit(time.sleep, 0.1)
+    waiting = worker.submit(lambda: "never")
+    time.sleep(0.02)
+    worker.shutdown()
+    assert waiting.cancelled()
+    assert not worker._thread.is_alive()

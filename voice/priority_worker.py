@@ -1,0 +1,61 @@
+"""One worker thread for a model, with urgent jobs served before background ones.
+
+Whisper serves two kinds of work: the transcription that ends a turn, which someone is waiting
+for, and partial transcripts while users speak, which only refresh captions and the LLM's
+pre-warm. With a plain queue, four sessions' partials keep the model busy and each final pass
+waits behind them. Here a queued final pass runs next, and a background job whose caller has
+given up (cancelled) is dropped without running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
+
+URGENT, BACKGROUND = 0, 1
+
+
+class PriorityWorker:
+    def __init__(self, name: str):
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # first in, first out within a priority
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args, urgent: bool = True) -> Future:
+        future: Future = Future()
+        self._jobs.put((URGENT if urgent else BACKGROUND, next(self._order), fn, args, future))
+        return future
+
+    async def run(self, fn: Callable[..., T], *args, urgent: bool = True) -> T:
+        """Await `fn(*args)` on the worker; cancelling the await drops the job if it has not started."""
+        return await asyncio.wrap_future(self.submit(fn, *args, urgent=urgent))
+
+    def shutdown(self) -> None:
+        """Finish the running job, drop the waiting ones, and stop the thread."""
+        with self._jobs.mutex:
+            dropped = [job[4] for job in self._jobs.queue if job[4] is not None]
+            self._jobs.queue.clear()
+        for future in dropped:
+            future.cancel()
+        self._jobs.put((-1, -1, None, (), None))
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            _, _, fn, args, future = self._jobs.get()
+            if fn is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller stopped waiting while it queued
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # the awaiting side re-raises it
+                future.set_exception(exc)
