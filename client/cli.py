@@ -31,10 +31,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-model", default="default", help="model name to send to --llm-url")
     group.add_argument("--llm-api-key-env", default="VOXLOOP_LLM_API_KEY", help="environment variable holding the --llm-url API key")
     group.add_argument("--llm-gpu-layers", type=int, default=0, help="llama.cpp layers to offload to the GPU (-1: all)")
-    group.add_argument("--llm-cache-copies-mib", type=int, default=256, metavar="MIB",
+    group.add_argument("--llm-cache-copies-mib", type=int, default=0, metavar="MIB",
                        help="memory for copies of the embedded LLM's KV cache, kept when another session's request "
-                            "displaces a conversation, so its next turn need not evaluate its history again "
-                            "(default: 256; 0: no copies)")
+                            "displaces a conversation, so its next turn need not evaluate its history again; for many "
+                            "sessions with long conversations, e.g. 256 (default: 0, no copies)")
     group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")

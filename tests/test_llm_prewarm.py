@@ -23,8 +23,8 @@ def test_cached_prefix_counts_the_common_start_and_replays_the_last_token_of_a_f
 
 @pytest.fixture(scope="module")
 def llm():
-    # Without copies of displaced caches (tests/test_kv_snapshots.py): these tests displace the
-    # cache on purpose, to see what the pre-warm alone evaluates.
+    # Without copies of displaced caches (tests/test_kv_snapshots.py; off by default too): these
+    # tests displace the cache on purpose, to see what the pre-warm alone evaluates.
     model = LlamaCppLLM(cache_copies_mib=0)
     yield model
     model.close()

@@ -114,9 +114,12 @@ class LlamaCppLLM:
     so every session shares one worker thread and queues on it."""
 
     def __init__(self, gguf_path: str | None = None, n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0,
-                 cache_copies_mib: int = 256):
+                 cache_copies_mib: int = 0):
         """`cache_copies_mib`: memory for copies of the KV cache that other sessions' requests
-        displaced (voice/kv_snapshots.py); 0 turns them off."""
+        displaced (voice/kv_snapshots.py); 0 turns them off. Off by default: with the bench's
+        conversations (up to 6 turns) the pre-warms already re-evaluate a displaced prompt before
+        its turn, and at 2 and 4 sessions the copies showed no clear gain (p50 1.16 and 0.86,
+        8 and 16 turns a side); they pay where long conversations share the model."""
         path = Path(gguf_path or bundled_gguf_path()).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF model file {path} does not exist")

@@ -32,7 +32,7 @@ class ModelOptions:
     llm_model: str = "default"
     llm_api_key_env: str = "VOXLOOP_LLM_API_KEY"
     llm_gpu_layers: int = 0
-    llm_cache_copies_mib: int = 256  # copies of displaced KV caches (voice/kv_snapshots.py); 0: none
+    llm_cache_copies_mib: int = 0  # copies of displaced KV caches (voice/kv_snapshots.py); 0: none
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
