@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-args", default="", help="arguments for the server this command starts, e.g. '--asr-model small.en'")
     parser.add_argument("--label", help="name of the configuration in tables and plots (default: its serve arguments "
                         "when short, else 'voxloop')")
-    parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS", help="two server variants, interleaved turn by turn; the concurrency sweep runs "
-                        "both, alternating A B B A")
+    parser.add_argument("--compare", nargs=2, metavar="NAME=ARGS",
+                        help="two server variants, interleaved turn by turn; the concurrency sweep runs both, alternating A B B A")
     parser.add_argument("--turns", type=int, default=32, help="turns per variant at one session (default: 32, one per clip)")
     parser.add_argument("--conversation-turns", type=int, default=6,
                         help="turns per conversation before the bench opens a new one (default: 6). The embedded 135 M "
