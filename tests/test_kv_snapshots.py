@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 from llm_conversations import conversation_after, first_token_stats, next_turn
 
-from voxloop.voice.kv_snapshots import shared_prefix
+from voxloop.voice.kv_snapshots import common_prefix_length
 from voxloop.voice.llm import LlamaCppLLM
 
 
-def test_shared_prefix():
-    assert shared_prefix(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
-    assert shared_prefix(np.array([1, 2]), np.array([1, 2, 3])) == 2
-    assert shared_prefix(np.array([], dtype=np.intc), np.array([1])) == 0
+def test_common_prefix_length_of_token_arrays_and_lists():
+    assert common_prefix_length(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
+    assert common_prefix_length(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    assert common_prefix_length(np.array([], dtype=np.intc), np.array([1])) == 0
+    assert common_prefix_length(np.array([7, 8, 9], dtype=np.intc), [7, 8, 0]) == 2
+    assert common_prefix_length([], []) == 0
 
 
 def another_session(text: str) -> list[dict[str, str]]:

@@ -22,7 +22,9 @@ import numpy as np
 MIN_SNAPSHOT_TOKENS = 64
 
 
-def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens two token sequences share from the start."""
+    a, b = np.asarray(a), np.asarray(b)
     n = min(a.size, b.size)
     differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if differ.size else n
@@ -48,12 +50,12 @@ class KVSnapshots:
         llama = self.llama
         prompt = np.asarray(prompt, dtype=np.intc)
         live = llama.input_ids[: llama.n_tokens].copy()
-        kept = shared_prefix(live, prompt)
+        kept = common_prefix_length(live, prompt)
         if live.size - kept >= self.min_tokens:
             self._save(live)
         best, best_shared = None, kept
         for key, (tokens, _) in self._copies.items():
-            shared = shared_prefix(tokens, prompt)
+            shared = common_prefix_length(tokens, prompt)
             if shared >= best_shared + self.min_tokens:
                 best, best_shared = key, shared
         if best is not None and self._load(best):
@@ -73,7 +75,7 @@ class KVSnapshots:
         if llama_cpp.llama_state_seq_get_data(ctx, state, size, 0) != size:
             return
         # A copy of a conversation supersedes the copies of its own earlier turns.
-        for key in [key for key, (held, _) in self._copies.items() if shared_prefix(held, tokens) == held.size]:
+        for key in [key for key, (held, _) in self._copies.items() if common_prefix_length(held, tokens) == held.size]:
             del self._copies[key]
         self._copies[tokens.tobytes()] = (tokens, state)
         self.saved += 1

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from voxloop.voice.errors import ModelNotFoundError
-from voxloop.voice.kv_snapshots import KVSnapshots
+from voxloop.voice.kv_snapshots import KVSnapshots, common_prefix_length
 from voxloop.voice.threaded import iterate_in_thread
 
 
@@ -70,15 +70,6 @@ PREWARM_BATCH_TOKENS = 8
 PREWARM_CONTEXT_RESERVE = 64
 
 
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
-
-
 def cached_prefix_tokens(cached: Sequence[int], prompt: Sequence[int]) -> int:
     """How many of `prompt`'s tokens llama.cpp serves from a KV cache holding `cached`: the
     common prefix, less one when it covers the whole prompt (the last prompt token is then
@@ -100,10 +91,11 @@ def _load_llama(**kwargs):
 
         def generate(self, tokens, *args, **kwargs):
             tokens = list(tokens)
-            if self.snapshots is not None and kwargs.get("reset", True):
+            reset = kwargs.get("reset", True)
+            if self.snapshots is not None and reset:
                 self.snapshots.prepare(tokens)
             self.last_prompt_tokens = len(tokens)
-            self.last_cached_tokens = cached_prefix_tokens(self._input_ids, tokens) if kwargs.get("reset", True) else None
+            self.last_cached_tokens = cached_prefix_tokens(self._input_ids, tokens) if reset else None
             return super().generate(tokens, *args, **kwargs)
 
     return PromptAccountingLlama(**kwargs)
