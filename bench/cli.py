@@ -157,19 +157,14 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     sweep_summaries = {f"{name} x{n}": {**report.summarize(turns), "sessions": n} for (name, n), turns in sweep_turns.items()}
     sweep_ratios = None
     if len(variants) == 2:
-        sweep_ratios = {}
-        for n in sorted({n for _, n in sweep_turns if n > 1}):
-            a, b = (sweep_summaries[f"{v.name} x{n}"]["voice_to_voice_ms"] for v in variants)
-            sweep_ratios[n] = {q: (b[q] / a[q] if a[q] and b[q] else None) for q in ("p50", "p95")}
+        sweep_ratios = {n: _ratios(*(sweep_summaries[f"{v.name} x{n}"] for v in variants))
+                        for n in sorted({n for _, n in sweep_turns if n > 1})}
 
     rtf = None
     if not args.no_rtf and variants[0].server is not None:
         rtf = _stage_rtf(variants[0].serve_args, clips)
 
-    ratios = None
-    if len(variants) == 2:
-        a, b = (summaries[v.name]["voice_to_voice_ms"] for v in variants)
-        ratios = {q: (b[q] / a[q] if a[q] and b[q] else None) for q in ("p50", "p95")}
+    ratios = _ratios(*(summaries[v.name] for v in variants)) if len(variants) == 2 else None
 
     results = {"machine": report.machine_description(), "started_unix": started, "duration_s": time.time() - started,
                "variants": {v.name: v.serve_args for v in variants}, "summaries": summaries, "sweep": sweep_summaries,
@@ -183,6 +178,16 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     (out / "summary.md").write_text(_summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns,
                                                       sweep_ratios))
     return results
+
+
+def _ratios(first: dict, second: dict) -> dict[str, float | None]:
+    """Second over first, for the p50 and p95 of two summaries' voice-to-voice latency."""
+    a, b = first["voice_to_voice_ms"], second["voice_to_voice_ms"]
+    return {q: (b[q] / a[q] if a[q] and b[q] else None) for q in ("p50", "p95")}
+
+
+def _ratio_text(ratios: dict[str, float | None]) -> str:
+    return ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratios.items())
 
 
 def _sweep_rounds(variants: list[Variant], turns: int) -> list[tuple[Variant, int]]:
@@ -239,13 +244,12 @@ def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants
     parts += ["", f"Turns over {slow_ms} ms (server facts from `response.done.response.voxloop.timings`):", "",
               report.slow_turns_table(main_turns, slow_ms)]
     if ratios:
-        parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): "
-                  + ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratios.items())]
+        parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): " + _ratio_text(ratios)]
     if any(v["sessions"] > 1 for v in sweep_summaries.values()):
         parts += ["", "Concurrency sweep (sessions talking at once to one server):", "", report.markdown_table(sweep_summaries)]
     for n, ratio in (sweep_ratios or {}).items():
         parts += ["", f"Ratio {variants[1].name} / {variants[0].name} at {n} sessions (same run, alternating A B B A): "
-                  + ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratio.items())]
+                  + _ratio_text(ratio)]
     if rtf:
         parts += ["", "Real-time factor per stage (compute time / audio duration, in-process, same models):", "",
                   "| stage | median RTF | p95 RTF |", "|---|---|---|"]
