@@ -6,6 +6,7 @@
 #   bench/gpu_run.sh install        check and unpack the parts, install the wheels, build llama.cpp with CUDA
 #   bench/gpu_run.sh bench ARGS...  voxloop bench with the GPU serve arguments; ARGS go to voxloop bench
 #   bench/gpu_run.sh serve-args     print those serve arguments
+#   bench/gpu_run.sh asr-device     print where Whisper runs: cuda or cpu
 #
 # Needs python3 with PyTorch, nvcc, cmake, ninja and scikit-build-core (a CUDA PyTorch image has them).
 # WORK (default /tmp/voxloop-gpu) keeps the parts, the unpacked bundle and the installed packages;
@@ -15,6 +16,9 @@ cd "$(dirname "$0")/.."
 WORK=${VOXLOOP_GPU_WORK:-/tmp/voxloop-gpu}
 SITE=$WORK/site
 PYTHON=${PYTHON:-python3}
+# Where install() links cuBLAS 13 under the name CTranslate2 loads (see cublas12_link).
+CUBLAS12=$WORK/cublas12
+[ -d "$CUBLAS12" ] && export LD_LIBRARY_PATH=$CUBLAS12${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 stage() {
     # A folder may hold bundle.json, some parts, or both (uploads are small, so one part per call).
@@ -60,6 +64,29 @@ EOF
         "$WORK"/bundle/llama_cpp_python-*.tar.xz
     echo "llama.cpp built in $((SECONDS - started)) s"
     PYTHONPATH=$SITE "$PYTHON" -c "import llama_cpp; print('llama.cpp GPU offload:', llama_cpp.llama_supports_gpu_offload())"
+    cublas12_link
+    echo "Whisper runs on: $(asr_device)"
+}
+
+cublas12_link() {
+    # CTranslate2's wheels are built for CUDA 12: they dlopen libcublas.so.12 and call nine cuBLAS
+    # entry points (create/destroy, stream and math mode, Sgemm, GemmEx and their batched forms),
+    # all unchanged in cuBLAS 13. On a CUDA 13 image without CUDA 12, a link of that name to the
+    # image's libcublas.so.13 lets Whisper run on the GPU; the bench's WER shows if it misbehaves.
+    [ "$(asr_device)" = cuda ] && return
+    local cublas13
+    cublas13=$(find /opt /usr/local /usr/lib -name 'libcublas.so.13*' 2>/dev/null | head -1)
+    [ -n "$cublas13" ] || { echo "no libcublas.so.13 here either: Whisper stays on the CPU"; return; }
+    mkdir -p "$CUBLAS12"
+    ln -sf "$cublas13" "$CUBLAS12/libcublas.so.12"
+    ln -sf "$(dirname "$cublas13")"/libcublasLt.so.13* "$CUBLAS12/"
+    export LD_LIBRARY_PATH=$CUBLAS12${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    if [ "$(asr_device)" = cuda ]; then
+        echo "CTranslate2 runs on cuBLAS 13 through $CUBLAS12/libcublas.so.12 -> $cublas13"
+    else
+        rm -rf "$CUBLAS12"
+        echo "CTranslate2 does not run on cuBLAS 13 either: Whisper stays on the CPU"
+    fi
 }
 
 asr_device() {
@@ -94,6 +121,7 @@ case "${1:-}" in
     stage) stage "$2" ;;
     install) install ;;
     serve-args) serve_args ;;
+    asr-device) asr_device ;;
     bench) shift; bench "$@" ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

@@ -141,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
                                              unfinished_rule=args.unfinished_rule,
                                              unpunctuated_silence_ms=args.unpunctuated_silence_ms,
                                              sentence_end_threshold=args.sentence_end_threshold,
+                                             finished_silence_ms=args.finished_silence_ms,
+                                             finished_threshold=args.finished_threshold,
                                              end_after_judgment=args.end_after_judgment)
         if args.path == "native":
             from voxloop.voice.native_models import NO_TRANSCRIPTION
@@ -226,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--sentence-end-threshold", type=float, default=defaults.sentence_end_threshold,
                        help="with --unfinished-rule llm: sentence-end probability below which a pause is held "
                             "(default: %(default)s)")
+    turns.add_argument("--finished-silence-ms", type=int, default=defaults.finished_silence_ms,
+                       help="with --unfinished-rule llm: pause that ends a turn whose words sound clearly finished (a "
+                            "final stop from Whisper, and a sentence end at least --finished-threshold likely to the "
+                            "LLM); 0: off, such turns wait --silence-ms like any other (default: %(default)s)")
+    turns.add_argument("--finished-threshold", type=float, default=defaults.finished_threshold,
+                       help="sentence-end probability from which --finished-silence-ms applies (default: %(default)s)")
     turns.add_argument("--unpunctuated-silence-ms", type=int, default=defaults.unpunctuated_silence_ms,
                        help="with --unfinished-rule evidence: pause that ends a turn whose transcript only lacks final "
                             "punctuation (default: %(default)s)")

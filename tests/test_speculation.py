@@ -74,6 +74,26 @@ def test_the_llm_rule_lets_the_model_judge_words_without_a_continuer():
     assert unfinished_hold("ask what you can do for your country", config, None) == (UNPUNCTUATED, 900)
 
 
+def test_a_clearly_finished_sentence_ends_the_turn_after_the_shorter_finished_pause():
+    config = TurnDetectionConfig(silence_duration_ms=500, unfinished_rule="llm", finished_silence_ms=250,
+                                 finished_threshold=0.5)
+    assert unfinished_hold("He could wait no longer.", config, 0.8) == (None, 250)
+    assert unfinished_hold("Is that all?", config, 0.5) == (None, 250)
+    # Either signal alone is not enough: no final stop from Whisper, or an LLM that is unsure.
+    assert unfinished_hold("ask what you can do for your country", config, 0.9) == (None, 500)
+    assert unfinished_hold("He could wait no longer.", config, 0.3) == (None, 500)
+    # Without the LLM's judgment (another rule, or a remote LLM that cannot score) it never applies.
+    assert unfinished_hold("He could wait no longer.", config, None) == (None, 500)
+    assert unfinished_hold("He could wait no longer.", TurnDetectionConfig(unfinished_rule="evidence", finished_silence_ms=250)) == (None, 500)
+    # Evidence of an unfinished sentence still wins, and the finished pause is never the longer one.
+    assert unfinished_hold("I went to the shop and.", config, 0.9) == (CONTINUER, 900)
+    assert unfinished_hold("Fine.", TurnDetectionConfig(silence_duration_ms=200, finished_silence_ms=250), 0.9) == (None, 200)
+
+
+def test_by_default_a_finished_sentence_waits_the_plain_silence_duration():
+    assert unfinished_hold("He could wait no longer.", TurnDetectionConfig(), 0.99) == (None, 500)
+
+
 @pytest.mark.parametrize("text, words", [("He could wait no longer.", "He could wait no longer"),
                                          ("What is it for?!", "What is it for"), ("It was, uh...", "It was, uh"),
                                          ("the dogs'.", "the dogs'"), ("", "")])

@@ -67,6 +67,15 @@ def test_hold_pause_makes_an_unfinished_turn_wait_longer():
     assert isinstance(events[-1], SpeechStopped)
 
 
+def test_a_hold_shorter_than_the_pause_so_far_ends_the_turn_at_the_next_frame():
+    detector = TurnDetector(TurnDetectionConfig(eager_after_ms=96, silence_duration_ms=320, min_speech_ms=32), FRAME_MS)
+    events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 6]  # 192 ms into the pause
+    assert not any(isinstance(e, SpeechStopped) for e in events)
+    detector.hold_pause(128)
+    stopped = detector.process(0.0)
+    assert isinstance(stopped, SpeechStopped) and stopped.silence_ms == 128
+
+
 def test_speech_stopped_reports_the_pause_that_ended_the_turn():
     detector = TurnDetector(TurnDetectionConfig(eager_after_ms=96, silence_duration_ms=320, min_speech_ms=32), FRAME_MS)
     events = [detector.process(p) for p in [0.9] * 5 + [0.0] * 20]

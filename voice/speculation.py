@@ -85,9 +85,19 @@ def unfinished_hold(text: str, config: TurnDetectionConfig,
     else:
         raise ValueError(f"unfinished_rule must be one of {', '.join(UNFINISHED_RULES)}, not {config.unfinished_rule!r}")
     if reason is None:
+        if config.finished_silence_ms and clearly_finished(text, config, sentence_end_probability):
+            return None, min(config.finished_silence_ms, config.silence_duration_ms)
         return None, config.silence_duration_ms
     hold = config.unpunctuated_silence_ms if reason == UNPUNCTUATED else config.unfinished_silence_ms
     return reason, max(hold, config.silence_duration_ms)
+
+
+def clearly_finished(text: str, config: TurnDetectionConfig, sentence_end_probability: float | None) -> bool:
+    """Whisper's final stop and the LLM's judgment of the bare words both say the sentence ended.
+    Either alone is weak: tiny Whisper puts a stop on half sentences, and the LLM finds many a
+    half sentence a plausible whole one."""
+    return (config.unfinished_rule == "llm" and sentence_end_probability is not None
+            and sentence_end_probability >= config.finished_threshold and text.strip()[-1:] in (".", "?", "!"))
 
 
 def longest_hold(config: TurnDetectionConfig) -> int:

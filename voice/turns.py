@@ -49,6 +49,13 @@ class TurnDetectionConfig:
     unfinished_rule: str = "llm"
     unpunctuated_silence_ms: int = 900
     sentence_end_threshold: float = 0.01
+    # Extension: the pause that ends a turn whose words sound clearly finished, instead of
+    # silence_duration_ms (0: off). Clearly finished means two signals agree: Whisper put a
+    # final ".", "?" or "!" after them, and the LLM (rule "llm") finds a sentence end after the
+    # words at least finished_threshold likely. It pays only where the turn's work is done
+    # before silence_duration_ms; what it risks is ending a turn between two whole sentences.
+    finished_silence_ms: int = 0
+    finished_threshold: float = 0.5
     # Extension: while the words before a pause are being judged (transcribed, and scored by the
     # LLM with rule "llm"), the pause ends the turn no sooner than the judgment, and at the
     # longest hold at most. It costs no reply time, as the reply needs that transcript anyway;
