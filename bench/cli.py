@@ -40,11 +40,30 @@ def parse_variant(spec: str) -> Variant:
     return Variant(name.strip() or "default", shlex.split(args))
 
 
-async def _interleaved(variants: list[Variant], clips, turns: int, conversation_turns: int, bar: tqdm) -> list[TurnMeasurement]:
+class TimeBudget:
+    """When to stop starting turns: a run with a hard time limit (a lent GPU machine's call) ends
+    with the turns it measured written out, instead of being killed with nothing written."""
+
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.stopped_early = False
+
+    def spent(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped_early = True
+        return self.stopped_early
+
+
+async def _interleaved(variants: list[Variant], clips, turns: int, conversation_turns: int, bar: tqdm,
+                       budget: TimeBudget | None = None) -> list[TurnMeasurement]:
     """One conversation per variant at a time, each `conversation_turns` long; turn i goes to
-    each variant in an order that alternates, so neither always runs first."""
+    each variant in an order that alternates, so neither always runs first. Each clip is
+    spoken to every variant before the budget is checked, so both have the same clips."""
+    budget = budget or TimeBudget(None)
     results: list[TurnMeasurement] = []
     for first in range(0, turns, conversation_turns):
+        if budget.spent():
+            break
         async with AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(RealtimeClient(v.url)) for v in variants]
             mics = [PacedMicrophone(client) for client in clients]
@@ -52,6 +71,8 @@ async def _interleaved(variants: list[Variant], clips, turns: int, conversation_
                 mic.start()
                 stack.push_async_callback(mic.stop)
             for index in range(first, min(turns, first + conversation_turns)):
+                if budget.spent():
+                    break
                 clip = clips[index % len(clips)]
                 order = list(range(len(variants)))
                 if index % 2:
@@ -98,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="speak the clips with a 600-700 ms pause inserted mid-sentence (bench/paused_speech.py), "
                              "to count turns cut off before the speaker finished")
     parser.add_argument("--no-rtf", action="store_true", help="skip the in-process real-time-factor pass")
+    parser.add_argument("--time-budget-s", type=float,
+                        help="start no new turn after this many seconds (counted once the servers are up), skip what "
+                             "remains and write what was measured; for machines that end a command at a hard limit")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 turns, sweep 1,2 with 2 turns each")
     parser.add_argument("--out", type=Path, help="output folder (default: bench/out/<time>)")
     parser.add_argument("--publish", type=Path, metavar="RESULTS_MD",
@@ -144,11 +168,12 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     started = time.time()
     sweep = [int(n) for n in args.sessions.split(",") if int(n) > 0]
     total = args.turns * len(variants) + len(variants) * sum(n * args.sweep_turns for n in sweep if n > 1)
+    budget = TimeBudget(args.time_budget_s)
     with tqdm(total=total, desc="turns", unit="turn") as bar:
-        main_turns = asyncio.run(_interleaved(variants, clips, args.turns, max(1, args.conversation_turns), bar))
+        main_turns = asyncio.run(_interleaved(variants, clips, args.turns, max(1, args.conversation_turns), bar, budget))
         by_variant = {v.name: [t for t in main_turns if t.variant == v.name] for v in variants}
         sweep_turns = {(v.name, 1): by_variant[v.name] for v in variants}
-        for sessions in (n for n in sweep if n > 1):
+        for sessions in (n for n in sweep if n > 1 and not budget.spent()):
             for variant, turns in _sweep_rounds(variants, args.sweep_turns):
                 measured = asyncio.run(_concurrent(variant, clips, sessions, turns, bar))
                 sweep_turns.setdefault((variant.name, sessions), []).extend(measured)
@@ -161,13 +186,14 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
                         for n in sorted({n for _, n in sweep_turns if n > 1})}
 
     rtf = None
-    if not args.no_rtf and variants[0].server is not None:
+    if not args.no_rtf and variants[0].server is not None and not budget.spent():
         rtf = _stage_rtf(variants[0].serve_args, clips)
 
     ratios = _ratios(*(summaries[v.name] for v in variants)) if len(variants) == 2 else None
 
     results = {"machine": report.machine_description(), "started_unix": started, "duration_s": time.time() - started,
                "variants": {v.name: v.serve_args for v in variants}, "summaries": summaries, "sweep": sweep_summaries,
+               "stopped_by_time_budget": budget.stopped_early,
                "stage_rtf": rtf, "ratios_second_over_first": ratios, "sweep_ratios_second_over_first": sweep_ratios,
                "turns": [t.to_dict() for t in main_turns] + [t.to_dict() for (_, n), ts in sweep_turns.items() if n > 1 for t in ts]}
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -234,12 +260,15 @@ def _stage_rtf(serve_args: list[str], clips) -> dict:
 
 
 def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants, main_turns, sweep_ratios=None) -> str:
-    parts = [f"Machine: {results['machine']}", "",
-             "Voice-to-voice latency: the first audible sample of the reply (as a client that plays deltas on arrival "
-             "would hear it) minus the true end of speech in the clip (offline VAD + energy, cached). "
-             "Every turn streams a real clip in 20 ms blocks paced in real time.", "",
-             report.markdown_table(summaries), "", "Stages (median ms after the true end of speech):", "",
-             report.stage_table(summaries)]
+    parts = [f"Machine: {results['machine']}", ""]
+    if results.get("stopped_by_time_budget"):
+        parts += ["**Stopped by `--time-budget-s`**: the turns below are all that were measured; what remained "
+                  "(turns, concurrency sweep, real-time factors) was skipped.", ""]
+    parts += ["Voice-to-voice latency: the first audible sample of the reply (as a client that plays deltas on arrival "
+              "would hear it) minus the true end of speech in the clip (offline VAD + energy, cached). "
+              "Every turn streams a real clip in 20 ms blocks paced in real time.", "",
+              report.markdown_table(summaries), "", "Stages (median ms after the true end of speech):", "",
+              report.stage_table(summaries)]
     slow_ms = 800
     parts += ["", f"Turns over {slow_ms} ms (server facts from `response.done.response.voxloop.timings`):", "",
               report.slow_turns_table(main_turns, slow_ms)]

@@ -13,7 +13,7 @@ from rich.console import Console
 from voxloop.client.realtime_client import DEFAULT_URL
 from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.config import SessionConfig
-from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
+from voxloop.voice.turns import EAGERNESS, UNFINISHED_RULES, TurnDetectionConfig, semantic_vad
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -107,6 +107,19 @@ def _native_option_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _turn_detection(args: argparse.Namespace) -> TurnDetectionConfig:
+    """server_vad from the flags; with --eagerness, semantic_vad's preset, changed by the flags given."""
+    flags = dict(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
+                 eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms, unfinished_rule=args.unfinished_rule,
+                 unpunctuated_silence_ms=args.unpunctuated_silence_ms, sentence_end_threshold=args.sentence_end_threshold,
+                 finished_silence_ms=args.finished_silence_ms, finished_threshold=args.finished_threshold,
+                 end_after_judgment=args.end_after_judgment)
+    if args.eagerness is None:
+        return TurnDetectionConfig(**flags)
+    defaults = TurnDetectionConfig()
+    return semantic_vad(args.eagerness, **{name: value for name, value in flags.items() if value != getattr(defaults, name)})
+
+
 def _serve(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.host not in LOOPBACK and not args.allow_remote:
@@ -136,14 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def serve_forever() -> None:
         with console.status("warming up the models"):
             await models.warm_up()
-        turn_detection = TurnDetectionConfig(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
-                                             eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms,
-                                             unfinished_rule=args.unfinished_rule,
-                                             unpunctuated_silence_ms=args.unpunctuated_silence_ms,
-                                             sentence_end_threshold=args.sentence_end_threshold,
-                                             finished_silence_ms=args.finished_silence_ms,
-                                             finished_threshold=args.finished_threshold,
-                                             end_after_judgment=args.end_after_judgment)
+        turn_detection = _turn_detection(args)
         if args.path == "native":
             from voxloop.voice.native_models import NO_TRANSCRIPTION
             from voxloop.voice.native_session import NativeSession, ResponsePolicy
@@ -228,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--sentence-end-threshold", type=float, default=defaults.sentence_end_threshold,
                        help="with --unfinished-rule llm: sentence-end probability below which a pause is held "
                             "(default: %(default)s)")
+    turns.add_argument("--eagerness", choices=EAGERNESS,
+                       help="turn detection is the Realtime API's semantic_vad at this eagerness: 'high' ends a clearly "
+                            "finished sentence after 200 ms and starts the reply after 100 ms, 'low' waits 800 ms (1.5 s "
+                            "for unfinished words), 'auto'/'medium' are the server_vad defaults; the other turn flags "
+                            "given change that preset (default: server_vad)")
     turns.add_argument("--finished-silence-ms", type=int, default=defaults.finished_silence_ms,
                        help="with --unfinished-rule llm: pause that ends a turn whose words sound clearly finished (a "
                             "final stop from Whisper, and a sentence end at least --finished-threshold likely to the "

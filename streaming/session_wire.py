@@ -10,7 +10,7 @@ from dataclasses import asdict, fields, replace
 from typing import Any
 
 from voxloop.voice.config import SessionConfig
-from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
+from voxloop.voice.turns import EAGERNESS, TURN_DETECTION_TYPES, UNFINISHED_RULES, TurnDetectionConfig, semantic_vad
 
 
 class SessionUpdateError(ValueError):
@@ -84,10 +84,20 @@ def _parse_turn_detection(turn: Any, current: TurnDetectionConfig | None) -> Tur
         return None
     if not isinstance(turn, dict):
         raise SessionUpdateError("'turn_detection' must be an object or null", "session.audio.input.turn_detection")
-    kind = turn.get("type", "server_vad")
-    if kind not in ("server_vad", "semantic_vad"):
-        raise SessionUpdateError(f"turn_detection type {kind!r} is not supported; use 'server_vad' or null", "session.audio.input.turn_detection.type")
-    config = replace(current) if current else TurnDetectionConfig()
+    kind = turn.get("type") or (current.type if current else "server_vad")
+    if kind not in TURN_DETECTION_TYPES:
+        raise SessionUpdateError(f"turn_detection type {kind!r} is not supported; use 'server_vad', 'semantic_vad' "
+                                 "or null", "session.audio.input.turn_detection.type")
+    eagerness = turn.get("eagerness")
+    if kind == "semantic_vad" and eagerness is not None and eagerness not in EAGERNESS:
+        raise SessionUpdateError(f"turn_detection.eagerness must be one of {', '.join(EAGERNESS)}, not {eagerness!r}",
+                                 "session.audio.input.turn_detection.eagerness")
+    # A new type or a new eagerness starts from that preset; otherwise the fields given change
+    # the current settings one by one.
+    if current is not None and current.type == kind and (kind == "server_vad" or eagerness in (None, current.eagerness)):
+        config = replace(current)
+    else:
+        config = semantic_vad(eagerness or "auto") if kind == "semantic_vad" else TurnDetectionConfig()
     for name, value in turn.items():
         if name in ("type", "idle_timeout_ms", "eagerness") or value is None:
             continue
@@ -110,7 +120,11 @@ def _parse_turn_detection(turn: Any, current: TurnDetectionConfig | None) -> Tur
 
 def session_object(session_id: str, config: SessionConfig, *, model: str, voice: str, transcription_model: str) -> dict[str, Any]:
     turn = config.turn_detection
-    turn_wire = None if turn is None else {"type": "server_vad", **asdict(turn)}  # the extensions too, as set
+    turn_wire = None
+    if turn is not None:
+        turn_wire = asdict(turn)  # the extensions too, as set
+        if turn.type != "semantic_vad":
+            del turn_wire["eagerness"]
     pcm = {"type": "audio/pcm", "rate": 24000}
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,

@@ -37,3 +37,45 @@ def test_bad_turn_detection_values_name_the_field(fields):
 
 def test_manual_turn_taking_is_echoed_as_null():
     assert echoed_turn_detection(apply_session_update(SessionConfig(), {"turn_detection": None})) is None
+
+
+def semantic_update(**fields) -> dict:
+    return {"audio": {"input": {"turn_detection": {"type": "semantic_vad", **fields}}}}
+
+
+def test_semantic_vad_sets_its_pauses_from_eagerness_and_is_echoed_as_such():
+    high = apply_session_update(SessionConfig(), semantic_update(eagerness="high"))
+    echoed = echoed_turn_detection(high)
+    assert (echoed["type"], echoed["eagerness"]) == ("semantic_vad", "high")
+    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"], echoed["unfinished_rule"]) == (200, 100, "llm")
+    # Another eagerness starts from its own preset, not from high's settings.
+    low = apply_session_update(high, semantic_update(eagerness="low")).turn_detection
+    assert (low.finished_silence_ms, low.silence_duration_ms, low.unfinished_silence_ms, low.eager_after_ms) == (0, 800, 1500, 160)
+    # auto is server_vad's pauses under the semantic type.
+    auto = apply_session_update(SessionConfig(), semantic_update()).turn_detection
+    assert (auto.eagerness, auto.silence_duration_ms, auto.finished_silence_ms) == ("auto", 500, 0)
+
+
+def test_voxloop_extensions_apply_on_top_of_a_semantic_preset_and_persist_until_the_eagerness_changes():
+    config = apply_session_update(SessionConfig(), semantic_update(eagerness="high", finished_silence_ms=300))
+    assert config.turn_detection.finished_silence_ms == 300
+    config = apply_session_update(config, semantic_update(threshold=0.6))  # same type, no eagerness: a field change
+    assert (config.turn_detection.finished_silence_ms, config.turn_detection.threshold) == (300, 0.6)
+    config = apply_session_update(config, semantic_update(eagerness="medium"))
+    assert (config.turn_detection.finished_silence_ms, config.turn_detection.threshold) == (0, 0.5)
+
+
+def test_back_to_server_vad_drops_the_semantic_preset_and_echoes_no_eagerness():
+    semantic = apply_session_update(SessionConfig(), semantic_update(eagerness="high"))
+    server = apply_session_update(semantic, turn_update())
+    echoed = echoed_turn_detection(server)
+    assert echoed["type"] == "server_vad" and "eagerness" not in echoed
+    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"]) == (0, 160)
+
+
+@pytest.mark.parametrize("turn, param", [({"type": "semantic_vad", "eagerness": "eager"}, "eagerness"),
+                                         ({"type": "push_to_talk"}, "type")])
+def test_an_unknown_type_or_eagerness_is_refused_with_its_field(turn, param):
+    with pytest.raises(SessionUpdateError) as error:
+        apply_session_update(SessionConfig(), {"audio": {"input": {"turn_detection": turn}}})
+    assert error.value.param == f"session.audio.input.turn_detection.{param}"

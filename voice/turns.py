@@ -12,16 +12,23 @@ far sound finished.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 UNFINISHED_RULES = ("punctuation", "evidence", "llm")  # see TurnDetectionConfig.unfinished_rule
+TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
+EAGERNESS = ("low", "medium", "high", "auto")
 
 
 @dataclass
 class TurnDetectionConfig:
-    """The Realtime API's `server_vad` settings, with its defaults, plus voxloop's extensions."""
+    """The Realtime API's `server_vad` settings, with its defaults, plus voxloop's extensions.
 
+    `semantic_vad` (the Realtime API's other type) is the same machine with its pauses set by
+    `eagerness` (see `semantic_vad`)."""
+
+    type: str = "server_vad"
+    eagerness: str = "auto"  # semantic_vad only
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
@@ -61,6 +68,28 @@ class TurnDetectionConfig:
     # longest hold at most. It costs no reply time, as the reply needs that transcript anyway;
     # without it, a judgment that comes after silence_duration_ms cannot hold the pause.
     end_after_judgment: bool = True
+
+
+# What semantic_vad's eagerness sets. The Realtime API says only that "low" waits longer for the
+# user to go on and "high" answers sooner; here the judge of the words (the LLM's sentence-end
+# probability and Whisper's punctuation) decides, and eagerness sets how long each verdict waits.
+# "high" ends a clearly finished sentence after 200 ms and starts the reply after 100 ms of
+# silence: on the H100 p50 0.66x, with 3 of 8 turns cut between sentences against 1 of 8
+# (bench/RESULTS.md, `gpu-finished`). "auto" and "medium" are server_vad's defaults.
+SEMANTIC_EAGERNESS: dict[str, dict[str, int | float]] = {
+    "low": {"silence_duration_ms": 800, "unfinished_silence_ms": 1500, "unpunctuated_silence_ms": 1500},
+    "medium": {},
+    "auto": {},
+    "high": {"finished_silence_ms": 200, "finished_threshold": 0.2, "eager_after_ms": 100},
+}
+
+
+def semantic_vad(eagerness: str = "auto", **overrides) -> TurnDetectionConfig:
+    """semantic_vad at `eagerness`: server_vad's defaults with that eagerness's pauses, then `overrides`."""
+    if eagerness not in SEMANTIC_EAGERNESS:
+        raise ValueError(f"eagerness must be one of {', '.join(EAGERNESS)}, not {eagerness!r}")
+    config = TurnDetectionConfig(type="semantic_vad", eagerness=eagerness, unfinished_rule="llm")
+    return replace(config, **{**SEMANTIC_EAGERNESS[eagerness], **overrides})
 
 
 @dataclass(frozen=True)
