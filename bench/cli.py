@@ -269,6 +269,8 @@ def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants
               "Every turn streams a real clip in 20 ms blocks paced in real time.", "",
               report.markdown_table(summaries), "", "Stages (median ms after the true end of speech):", "",
               report.stage_table(summaries)]
+    parts += ["", "The turn's work step by step (server marks; negative: done before the turn was confirmed):", "",
+              report.chain_table({v.name: [t for t in main_turns if t.variant == v.name] for v in variants})]
     slow_ms = 800
     parts += ["", f"Turns over {slow_ms} ms (server facts from `response.done.response.voxloop.timings`):", "",
               report.slow_turns_table(main_turns, slow_ms)]

@@ -102,6 +102,39 @@ def stage_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+# The server's per-turn marks, in the order the turn's work passes them; ms relative to
+# speech_stopped (negative: before the turn was confirmed, i.e. speculative work).
+CHAIN = [("speech_paused_ms", "pause reported (eager start)"), ("transcript_final_ms", "Whisper"),
+         ("llm_start_ms", "LLM judgment and queue"), ("llm_first_token_ms", "first token"),
+         ("llm_first_clause_ms", "first clause"), ("tts_first_audio_ms", "TTS first audio")]
+
+
+def chain_table(groups: dict[str, list[TurnMeasurement]]) -> str:
+    """Median time of each step of the turn's work after the previous one, from the server's
+    marks. The stage table counts work done before the turn was confirmed as 0; this shows what
+    that work costs, and how early the first audio was ready."""
+    names = list(groups)
+    lines = ["| step (median ms) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def median_step(turns, before: str, after: str) -> float | None:
+        steps = [t.server_timings[after] - t.server_timings[before] for t in turns
+                 if t.server_timings and t.server_timings.get(before) is not None and t.server_timings.get(after) is not None]
+        return float(np.median(steps)) if steps else None
+
+    def median_mark(turns, mark: str) -> float | None:
+        marks = [t.server_timings[mark] for t in turns if t.server_timings and t.server_timings.get(mark) is not None]
+        return float(np.median(marks)) if marks else None
+
+    first_key, first_label = CHAIN[0]
+    lines.append(f"| {first_label}, relative to `speech_stopped` | "
+                 + " | ".join(_fmt(median_mark(groups[n], first_key)) for n in names) + " |")
+    for (before, _), (after, label) in zip(CHAIN, CHAIN[1:]):
+        lines.append(f"| {label} | " + " | ".join(_fmt(median_step(groups[n], before, after)) for n in names) + " |")
+    lines.append("| first audio ready, relative to `speech_stopped` | "
+                 + " | ".join(_fmt(median_mark(groups[n], CHAIN[-1][0])) for n in names) + " |")
+    return "\n".join(lines)
+
+
 def plot_cdf(groups: dict[str, list[TurnMeasurement]], path: Path, title: str) -> None:
     import matplotlib
 

@@ -4,7 +4,7 @@ is measured on, and the slow-turn table that explains the tail."""
 import numpy as np
 
 from voxloop.bench.paused_speech import RATE, Word, choose_pause_point, insert_pause, quietest_cut
-from voxloop.bench.report import markdown_table, slow_turns_table, summarize
+from voxloop.bench.report import chain_table, markdown_table, slow_turns_table, summarize
 from voxloop.bench.turns import FALSE_END_MARGIN_MS, TurnMeasurement, is_false_end
 
 
@@ -79,3 +79,17 @@ def test_the_summary_shows_a_conversation_stuck_on_one_reply():
     assert (summaries["varied"]["distinct_replies"], summaries["varied"]["reply_s_median"]) == (4, 5.5)
     table = markdown_table(summaries)
     assert "| 1 | 0.8 |" in table and "| 4 | 5.5 |" in table
+
+
+def test_the_chain_table_gives_each_step_after_the_previous_one_and_when_the_audio_was_ready():
+    marks = dict(speech_paused_ms=-340, transcript_final_ms=-180, llm_start_ms=-150, llm_first_token_ms=-115,
+                 llm_first_clause_ms=-60, tts_first_audio_ms=20)
+    later = {name: ms + 100 for name, ms in marks.items()}
+    table = chain_table({"A": [turn("a", 600, **marks), turn("b", 650, **later), turn("c", 700)],
+                         "B": [turn("d", 500, **{**marks, "llm_first_token_ms": None})]}).splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in table[2:]}
+    assert rows["pause reported (eager start), relative to `speech_stopped`"] == ["-290", "-340"]
+    assert rows["Whisper"] == ["160", "160"]
+    # a missing mark leaves out only the steps on either side of it
+    assert rows["first token"] == ["35", "–"] and rows["first clause"] == ["55", "–"]
+    assert rows["first audio ready, relative to `speech_stopped`"] == ["70", "20"]
