@@ -29,7 +29,11 @@ def models():
 
 
 def run_session(models, audio: np.ndarray, turn_detection: TurnDetectionConfig, settle_s: float = 8.0,
-                config: SessionConfig | None = None, history: list[ConversationItem] = ()) -> list[dict]:
+                config: SessionConfig | None = None, history: list[ConversationItem] = (), slowdown: float = 1.0) -> list[dict]:
+    """Speak `audio` to a session in 20 ms blocks, `slowdown` times slower than real time: the
+    session keeps time by its audio, so a slowdown gives the models that much more wall time per
+    second of speech, as a machine that many times faster would. Tests of work meant to finish
+    while the user speaks use it, so that they check the mechanism and not this machine's speed."""
     events: list[dict] = []
 
     async def emit(event: dict) -> None:
@@ -42,7 +46,7 @@ def run_session(models, audio: np.ndarray, turn_detection: TurnDetectionConfig, 
         block = RATE // 50
         for start in range(0, audio.size, block):
             await session.append_audio(audio[start:start + block])
-            await asyncio.sleep(0.02)  # real time, so speculative work races the pause as it would live
+            await asyncio.sleep(0.02 * slowdown)  # paced, so speculative work races the pause as it would live
         deadline = asyncio.get_running_loop().time() + settle_s
         while asyncio.get_running_loop().time() < deadline and not any(e["type"] == "response.done" for e in events):
             await session.append_audio(np.zeros(block, np.float32))
@@ -125,7 +129,8 @@ def test_the_llm_prewarm_has_the_history_evaluated_before_the_user_stops_speakin
         # The words-only rule: the LLM rule's judgment would evaluate the prompt itself, before the reply.
         turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, unfinished_rule="evidence")
         with without_cache_copies(models):
-            events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm=prewarm), history=history)
+            events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm=prewarm), history=history,
+                                 slowdown=3.0)
         found[prewarm] = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     cold, warm = found[False], found[True]
     assert cold["llm_cached_tokens"] < 10 < 200 < cold["llm_prompt_tokens"]
@@ -168,21 +173,49 @@ def test_a_pause_mid_sentence_is_held_even_when_its_words_are_judged_after_the_h
     assert timings["sentence_end_p"] > turns.sentence_end_threshold
 
 
+@contextmanager
+def recorded_words_prewarms(models):
+    """Each words pre-warm the session asks for: (its prompt prefix's tokens, how many of them the
+    LLM's cache held when it finished)."""
+    llm, original = models.llm, models.llm.prewarm
+    recorded: list[tuple[list[int], int]] = []
+
+    async def recording(messages, max_new_tokens=None):
+        held = await original(messages, max_new_tokens)
+        if max_new_tokens is not None:  # the words pre-warm; the history pre-warm has no limit
+            recorded.append((llm.prompt_prefix_tokens(messages), held))
+        return held
+
+    llm.prewarm = recording
+    try:
+        yield recorded
+    finally:
+        llm.prewarm = original
+
+
 def test_the_words_agreed_on_while_the_user_speaks_are_in_the_llm_cache_before_the_pause(models):
     speech = load_audio(clip("LJ001-0001").path, RATE)
     audio = np.concatenate([speech, np.zeros(3 * RATE, np.float32)])
     # The words-only rule: the LLM rule's judgment at the pause would evaluate the words itself, before the reply.
     turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, unfinished_rule="evidence")
-    uncached = {}
     for prewarm_words in (False, True):
-        with without_cache_copies(models):
-            events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm_words=prewarm_words))
-        timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
-        uncached[prewarm_words] = timings["llm_prompt_tokens"] - timings["llm_cached_tokens"]
-    # Without it, the prompt's tail since the last pause is left to evaluate (22 tokens here); with it,
-    # only the words of the last second or so, which no two partial transcripts have agreed on yet,
-    # and the chat template's closing tokens (8 to 11 in runs on 2 cores).
-    assert uncached[True] < 0.6 * uncached[False]
+        with without_cache_copies(models), recorded_words_prewarms(models) as prewarms:
+            events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm_words=prewarm_words), slowdown=3.0)
+        if not prewarm_words:
+            assert prewarms == []
+            continue
+        agreed = "".join(e["delta"] for e in events if e["type"] == "conversation.item.input_audio_transcription.delta")
+        prefix, held = prewarms[-1]
+        # The last agreed words, nearly the whole sentence, were evaluated into the cache in full
+        # before the turn ended.
+        assert len(agreed.split()) >= 15 and held == len(prefix), (agreed, held, len(prefix))
+        # They are the newest partial pass's wording of those words ("Printing," where the first
+        # pass said "printing", "concern" where an earlier one said "concerned").
+        evaluated_user_text = models.llm.llama.detokenize(prefix).decode().rsplit("user\n", 1)[-1]
+        assert word_error_rate(agreed, evaluated_user_text) < 0.2, (agreed, evaluated_user_text)
+    # Whether the reply then finds them cached depends on the final pass wording them as the last
+    # partial pass did (on one machine its "concern," against the partials' "concerned," cost the
+    # rest of the sentence): the bench measures that (prewarm-words: p50 0.95, p95 0.79).
 
 
 def test_the_words_prewarm_waits_for_the_history_and_replaces_only_an_earlier_words_prewarm(models):
