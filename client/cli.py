@@ -108,7 +108,8 @@ def _native_option_error(args: argparse.Namespace) -> str | None:
 
 
 def _turn_detection(args: argparse.Namespace) -> TurnDetectionConfig:
-    """server_vad from the flags; with --eagerness, semantic_vad's preset, changed by the flags given."""
+    """server_vad from the flags; with --eagerness, semantic_vad's preset, changed by the flags
+    that differ from their defaults (a flag repeating its default cannot be told from one left out)."""
     flags = dict(silence_duration_ms=args.silence_ms, unfinished_silence_ms=args.unfinished_silence_ms,
                  eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms, unfinished_rule=args.unfinished_rule,
                  unpunctuated_silence_ms=args.unpunctuated_silence_ms, sentence_end_threshold=args.sentence_end_threshold,
@@ -237,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--eagerness", choices=EAGERNESS,
                        help="turn detection is the Realtime API's semantic_vad at this eagerness: 'high' ends a clearly "
                             "finished sentence after 200 ms and starts the reply after 100 ms, 'low' waits 800 ms (1.5 s "
-                            "for unfinished words), 'auto'/'medium' are the server_vad defaults; the other turn flags "
-                            "given change that preset (default: server_vad)")
+                            "for unfinished words), 'auto'/'medium' are the server_vad defaults; the other turn flags, "
+                            "where they differ from their defaults, change that preset (default: server_vad)")
     turns.add_argument("--finished-silence-ms", type=int, default=defaults.finished_silence_ms,
                        help="with --unfinished-rule llm: pause that ends a turn whose words sound clearly finished (a "
                             "final stop from Whisper, and a sentence end at least --finished-threshold likely to the "
