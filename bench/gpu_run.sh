@@ -65,7 +65,6 @@ EOF
     echo "llama.cpp built in $((SECONDS - started)) s"
     PYTHONPATH=$SITE "$PYTHON" -c "import llama_cpp; print('llama.cpp GPU offload:', llama_cpp.llama_supports_gpu_offload())"
     cublas12_link
-    echo "Whisper runs on: $(asr_device)"
 }
 
 cublas12_link() {
@@ -73,19 +72,19 @@ cublas12_link() {
     # entry points (create/destroy, stream and math mode, Sgemm, GemmEx and their batched forms),
     # all unchanged in cuBLAS 13. On a CUDA 13 image without CUDA 12, a link of that name to the
     # image's libcublas.so.13 lets Whisper run on the GPU; the bench's WER shows if it misbehaves.
-    [ "$(asr_device)" = cuda ] && return
+    if [ "$(asr_device)" = cuda ]; then echo "Whisper runs on: cuda"; return; fi
     local cublas13
     cublas13=$(find /opt /usr/local /usr/lib -name 'libcublas.so.13*' 2>/dev/null | head -1)
-    [ -n "$cublas13" ] || { echo "no libcublas.so.13 here either: Whisper stays on the CPU"; return; }
+    [ -n "$cublas13" ] || { echo "no libcublas.so.13 here either: Whisper runs on: cpu"; return; }
     mkdir -p "$CUBLAS12"
     ln -sf "$cublas13" "$CUBLAS12/libcublas.so.12"
     ln -sf "$(dirname "$cublas13")"/libcublasLt.so.13* "$CUBLAS12/"
     export LD_LIBRARY_PATH=$CUBLAS12${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     if [ "$(asr_device)" = cuda ]; then
-        echo "CTranslate2 runs on cuBLAS 13 through $CUBLAS12/libcublas.so.12 -> $cublas13"
+        echo "CTranslate2 runs on cuBLAS 13 through $CUBLAS12/libcublas.so.12 -> $cublas13; Whisper runs on: cuda"
     else
         rm -rf "$CUBLAS12"
-        echo "CTranslate2 does not run on cuBLAS 13 either: Whisper stays on the CPU"
+        echo "CTranslate2 does not run on cuBLAS 13 either: Whisper runs on: cpu"
     fi
 }
 
