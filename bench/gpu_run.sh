@@ -4,9 +4,11 @@
 #
 #   bench/gpu_run.sh stage DIR      add the bundle parts in DIR (bundle.json and/or parts) to $WORK
 #   bench/gpu_run.sh install        check and unpack the parts, install the wheels, build llama.cpp with CUDA
+#   bench/gpu_run.sh models         check and unpack the extra models' parts (models.tar.part*) into $WORK/models
 #   bench/gpu_run.sh bench ARGS...  voxloop bench with the GPU serve arguments; ARGS go to voxloop bench
 #   bench/gpu_run.sh serve-args     print those serve arguments
 #   bench/gpu_run.sh asr-device     print where Whisper runs: cuda or cpu
+#   bench/gpu_run.sh asr-cost ARGS  what larger Whispers would cost there (bench/asr_cost.py); ARGS go to it
 #
 # Needs python3 with PyTorch, nvcc, cmake, ninja and scikit-build-core (a CUDA PyTorch image has them).
 # WORK (default /tmp/voxloop-gpu) keeps the parts, the unpacked bundle and the installed packages;
@@ -25,9 +27,9 @@ stage() {
     local files=()
     [ -f "$1/bundle.json" ] && files+=("$1/bundle.json")
     shopt -s nullglob
-    files+=("$1"/bundle.tar.part*)
+    files+=("$1"/bundle.tar.part* "$1"/models.tar.part*)
     shopt -u nullglob
-    [ ${#files[@]} -gt 0 ] || { echo "nothing to stage in '$1': no bundle.json or bundle.tar.part* there" >&2; exit 1; }
+    [ ${#files[@]} -gt 0 ] || { echo "nothing to stage in '$1': no bundle.json, bundle.tar.part* or models.tar.part* there" >&2; exit 1; }
     mkdir -p "$WORK/parts"
     cp -v "${files[@]}" "$WORK/parts/"
     ls "$WORK/parts"
@@ -36,19 +38,7 @@ stage() {
 install() {
     local parts=$WORK/parts
     [ -f "$parts/bundle.json" ] || { echo "no bundle.json in $parts: stage the bundle first" >&2; exit 1; }
-    echo "checking the parts against bundle.json"
-    "$PYTHON" - "$parts" <<'EOF'
-import hashlib, json, pathlib, sys
-parts = pathlib.Path(sys.argv[1])
-expected = json.loads((parts / "bundle.json").read_text())["parts"]
-missing = [name for name in expected if not (parts / name).exists()]
-if missing:
-    sys.exit(f"missing parts: {', '.join(missing)}")
-for name, digest in expected.items():
-    if hashlib.sha256((parts / name).read_bytes()).hexdigest() != digest:
-        sys.exit(f"{name} is corrupt (sha256 differs from bundle.json)")
-print(f"{len(expected)} parts intact")
-EOF
+    check_parts parts
     rm -rf "$WORK/bundle" && mkdir -p "$WORK/bundle"
     cat "$parts"/bundle.tar.part* | tar -x -C "$WORK/bundle"
     echo "installing wheels into $SITE"
@@ -65,6 +55,33 @@ EOF
     echo "llama.cpp built in $((SECONDS - started)) s"
     PYTHONPATH=$SITE "$PYTHON" -c "import llama_cpp; print('llama.cpp GPU offload:', llama_cpp.llama_supports_gpu_offload())"
     cublas12_link
+}
+
+check_parts() {
+    # $1: the bundle.json key that lists the parts to check ("parts" or "model_parts").
+    echo "checking the $1 against bundle.json"
+    "$PYTHON" - "$WORK/parts" "$1" <<'EOF'
+import hashlib, json, pathlib, sys
+parts, key = pathlib.Path(sys.argv[1]), sys.argv[2]
+expected = json.loads((parts / "bundle.json").read_text()).get(key, {})
+if not expected:
+    sys.exit(f"bundle.json lists no {key}")
+missing = [name for name in expected if not (parts / name).exists()]
+if missing:
+    sys.exit(f"missing parts: {', '.join(missing)}")
+for name, digest in expected.items():
+    if hashlib.sha256((parts / name).read_bytes()).hexdigest() != digest:
+        sys.exit(f"{name} is corrupt (sha256 differs from bundle.json)")
+print(f"{len(expected)} parts intact")
+EOF
+}
+
+models() {
+    [ -f "$WORK/parts/bundle.json" ] || { echo "no bundle.json in $WORK/parts: stage the bundle first" >&2; exit 1; }
+    check_parts model_parts
+    mkdir -p "$WORK/models"
+    cat "$WORK/parts"/models.tar.part* | tar -x -C "$WORK/models"
+    ls -l "$WORK/models"
 }
 
 cublas12_link() {
@@ -116,11 +133,20 @@ bench() {
         "$PYTHON" -m voxloop.client.cli bench --serve-args "$args" --label gpu "$@"
 }
 
+asr_cost() {
+    local device
+    device=$(asr_device)
+    VOXLOOP_SPEECH_DIR=$WORK/bundle/speech PYTHONPATH=$SITE PYTHONUNBUFFERED=1 \
+        "$PYTHON" -m voxloop.bench.asr_cost --device "$device" --reference-model "$WORK/bundle/models/whisper-tiny.en" "$@"
+}
+
 case "${1:-}" in
     stage) stage "$2" ;;
     install) install ;;
+    models) models ;;
     serve-args) serve_args ;;
     asr-device) asr_device ;;
     bench) shift; bench "$@" ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    asr-cost) shift; asr_cost "$@" ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -57,3 +57,37 @@ def test_staging_copies_what_a_folder_holds_and_refuses_a_folder_with_nothing_to
             nothing.mkdir()
         refused = subprocess.run(["bash", str(script), "stage", str(nothing)], env=env, capture_output=True, text=True)
         assert refused.returncode == 1 and "nothing to stage" in refused.stderr
+
+
+def test_extra_models_travel_as_their_own_parts_and_unpack_after_a_sha256_check(tmp_path):
+    import hashlib
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from voxloop.bench.gpu_bundle import MODEL_PART_PREFIX
+
+    model = tmp_path / "tiny-llm.gguf"
+    model.write_bytes(bytes(range(256)) * 100)
+    out = tmp_path / "out"
+    out.mkdir()
+    parts = _write_parts({model.name: model}, out, part_bytes=8192, prefix=MODEL_PART_PREFIX)
+    assert [p.name for p in parts][:2] == [f"{MODEL_PART_PREFIX}000", f"{MODEL_PART_PREFIX}001"]
+    manifest = {"parts": {}, "model_parts": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in parts}}
+    (out / "bundle.json").write_text(json.dumps(manifest))
+
+    script = Path(__file__).parent.parent / "bench" / "gpu_run.sh"
+    work = tmp_path / "work"
+    env = {**os.environ, "VOXLOOP_GPU_WORK": str(work), "PYTHON": "python3"}
+    run = lambda *args: subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True)  # noqa: E731
+
+    assert run("stage", str(out)).returncode == 0
+    (work / "parts" / parts[1].name).write_bytes(b"not the part")
+    refused = run("models")
+    assert refused.returncode != 0 and f"{parts[1].name} is corrupt" in refused.stderr + refused.stdout
+
+    assert run("stage", str(out)).returncode == 0
+    unpacked = run("models")
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert (work / "models" / model.name).read_bytes() == model.read_bytes()
