@@ -141,7 +141,11 @@ class ForcedDecoder:
     """One Whisper model, timed on the final-pass work for an utterance: encode it with the
     trailing silence, then decode exactly `tokens` tokens greedily (end of text suppressed)."""
 
-    def __init__(self, model_dir: str, n_mels: int, device: str, compute_type: str, threads: int):
+    def __init__(self, model_dir: str, n_mels: int, device: str, compute_type: str, threads: int,
+                 max_lengths: dict[int, int] | None = None):
+        """`max_lengths`: the `max_length` found for each token count, shared between decoders
+        (it depends on CTranslate2's counting, not on the model), so that only the first
+        decoder, the cheapest, pays for the search."""
         import ctranslate2
         from faster_whisper.feature_extractor import FeatureExtractor
 
@@ -149,7 +153,7 @@ class ForcedDecoder:
                                                 intra_threads=threads)
         self.features = FeatureExtractor(feature_size=n_mels)
         self.prompt = [START_OF_TRANSCRIPT, NO_TIMESTAMPS]
-        self._max_lengths: dict[int, int] = {}
+        self._max_lengths = {} if max_lengths is None else max_lengths
 
     def time_ms(self, audio: np.ndarray, tokens: int) -> tuple[float, int]:
         max_length = self._max_length_for(audio, tokens)
@@ -209,10 +213,14 @@ def measure(sizes: list[str], device: str, compute_type: str, repeats: int, thre
             path = random_whisper(shape, Path(scratch) / size, "float16" if device == "cuda" else "int8", vocabulary)
             models.append((size, "random", str(path), shape.n_mels))
         # Interleaved, pass by pass, so that the machine's drift falls on every model alike.
-        decoders = [(size, weights, ForcedDecoder(path, n_mels, device, compute_type, threads))
+        max_lengths: dict[int, int] = {}
+        decoders = [(size, weights, ForcedDecoder(path, n_mels, device, compute_type, threads, max_lengths))
                     for size, weights, path, n_mels in models]
         for _, _, decoder in decoders:
             decoder.time_ms(audio[0], 8)  # warm-up: first-call allocations
+        reference = decoders[0][2]
+        for samples, n in zip(audio, tokens):
+            reference.time_ms(samples, n)  # the max_length search, on the cheapest model
         work = [(clip, samples, n) for _ in range(repeats) for clip, samples, n in zip(clips, audio, tokens)]
         for turn, (clip, samples, n) in enumerate(tqdm(work, desc="final passes", unit="clip")):
             rotation = decoders[turn % len(decoders):] + decoders[:turn % len(decoders)]
@@ -245,6 +253,44 @@ def markdown(rows: list[dict], device: str, compute_type: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(timings: list[Timing], rows: list[dict], path: Path, title: str) -> None:
+    """Each size's passes as a strip of points over its median bar: spread and centre at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    labels = [f"{r['size']}\n({r['weights']})" for r in rows]
+    colors = ["tab:green" if r["weights"] == "real" else "tab:blue" for r in rows]
+    ax.bar(range(len(rows)), [r["median_ms"] for r in rows], color=colors, alpha=0.35, label="median")
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(rows):
+        ms = [t.ms for t in timings if (t.size, t.weights) == (r["size"], r["weights"])]
+        ax.scatter(i + rng.uniform(-0.25, 0.25, len(ms)), ms, s=8, color=colors[i])
+        ax.annotate(f"{r['median_ms']:.0f}", (i, r["median_ms"]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("final pass, ms (one point per clip)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(timings: list[Timing], device: str, compute_type: str, out: Path | None) -> str:
+    rows = summary(timings)
+    report = markdown(rows, device, compute_type)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "asr_cost.json").write_text(json.dumps(
+            {"device": device, "compute_type": compute_type, "summary": rows,
+             "timings": [t.__dict__ for t in timings]}, indent=1))
+        (out / "asr_cost.md").write_text(report)
+        plot(timings, rows, out / "asr_cost.png", f"Whisper final pass by model size, {device} ({compute_type})")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m voxloop.bench.asr_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny.en", "base.en", "small.en"], choices=sorted(SHAPES))
@@ -255,23 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips")
     parser.add_argument("--reference-model", type=Path, default=None,
                         help="the real tiny.en CTranslate2 folder, timed beside its random twin (default: the bundled one)")
-    parser.add_argument("--out", type=Path, default=None, help="write asr_cost.json and asr_cost.md here")
+    parser.add_argument("--out", type=Path, default=None, help="write asr_cost.json, asr_cost.md and asr_cost.png here")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: redraw the report and plot of an earlier run's asr_cost.json into --out")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(write_report([Timing(**t) for t in saved["timings"]], saved["device"], saved["compute_type"], args.out))
+        return 0
     compute_type = args.compute_type or ("float16" if args.device == "cuda" else "int8")
     if args.reference_model is None:
         from voxloop.voice.asr import bundled_whisper_path
 
         args.reference_model = Path(bundled_whisper_path())
     timings = measure(args.sizes, args.device, compute_type, args.repeats, args.threads, args.clips, args.reference_model)
-    rows = summary(timings)
-    report = markdown(rows, args.device, compute_type)
-    print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "asr_cost.json").write_text(json.dumps(
-            {"device": args.device, "compute_type": compute_type, "summary": rows,
-             "timings": [t.__dict__ for t in timings]}, indent=1))
-        (args.out / "asr_cost.md").write_text(report)
+    print(write_report(timings, args.device, compute_type, args.out))
     return 0
 
 

@@ -41,3 +41,20 @@ def test_random_twin_of_tiny_has_the_real_models_tensors_and_decodes_the_request
         for tokens in (5, 17):
             ms, decoded = decoder.time_ms(audio, tokens)
             assert decoded == tokens and ms > 0
+
+
+def test_a_saved_run_is_redrawn_into_the_same_table_and_a_plot(tmp_path):
+    import json
+
+    from voxloop.bench.asr_cost import Timing, main, write_report
+
+    timings = [Timing("tiny.en", "real", f"clip{i}", 2.0, 12, 30.0 + i) for i in range(5)] + \
+              [Timing("small.en", "random", f"clip{i}", 2.0, 12, 70.0 + 2 * i) for i in range(5)]
+    first = write_report(timings, "cuda", "float16", tmp_path / "run")
+    assert "| small.en | random | 240 M | 5 | 74.0 |" in first
+    saved = json.loads((tmp_path / "run" / "asr_cost.json").read_text())
+    assert saved["summary"][0]["median_ms"] == 32.0
+
+    assert main(["--from-json", str(tmp_path / "run" / "asr_cost.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "asr_cost.md").read_text() == first
+    assert (tmp_path / "again" / "asr_cost.png").stat().st_size > 10_000
