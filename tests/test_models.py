@@ -150,3 +150,22 @@ def test_numpy_blas_is_kept_to_one_thread():
     with openblas.limit(limits=2):
         keep_numpy_single_threaded()
         assert [info["num_threads"] for info in ThreadpoolController().select(internal_api="openblas").info()] == [1] * len(openblas.lib_controllers)
+
+
+def test_the_cascade_never_loads_torch_so_llama_cpp_keeps_its_own_openmp():
+    """torch brings its own libgomp under the name llama.cpp's CPU backend links against; with it
+    loaded, SmolLM2 ran 3-6x slower per token once Whisper had run. The Piper cascade needs no
+    torch, so a server process must load all its models without it (a fresh interpreter, as
+    this test process may already hold torch)."""
+    import subprocess
+    import sys
+
+    check = ("import sys\n"
+             "from voxloop.voice.models import ModelOptions, load_cascade\n"
+             "models = load_cascade(ModelOptions())\n"
+             "assert models.vad.session is not None\n"
+             "loaded = sorted(m for m in ('torch', 'torchaudio', 'silero_vad') if m in sys.modules)\n"
+             "print('loaded:', loaded)\n"
+             "sys.exit(1 if loaded else 0)\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -6,7 +6,8 @@ the 64-sample context that Silero v5 expects in front of every 512-sample frame.
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +21,7 @@ class SileroVAD:
     def __init__(self, onnx_path: str | None = None):
         import onnxruntime
 
-        path = onnx_path or str(resources.files("silero_vad").joinpath("data/silero_vad.onnx"))
+        path = onnx_path or bundled_silero_onnx()
         options = onnxruntime.SessionOptions()
         # A frame is tiny: thread fan-out costs more than it saves, and leaves cores to the models.
         options.intra_op_num_threads = 1
@@ -29,6 +30,21 @@ class SileroVAD:
 
     def stream(self) -> VADStream:
         return VADStream(self)
+
+
+def bundled_silero_onnx() -> str:
+    """The ONNX model inside the `silero-vad` package, found without importing the package.
+
+    Importing it imports torch, and torch loads its own libgomp under the name llama.cpp's CPU
+    backend links against, so llama.cpp ran on torch's OpenMP runtime. Once Whisper had run
+    (CTranslate2 has a third OpenMP runtime), SmolLM2's tokens took 45-95 ms instead of 13 on
+    this project's 2-core Xeon (bench/RESULTS.md, `vad-no-torch`)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        from voxloop.voice.errors import ModelNotFoundError
+
+        raise ModelNotFoundError("the Silero VAD model needs the 'silero-vad' package (pip install silero-vad)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx")
 
 
 class VADStream:
