@@ -12,7 +12,8 @@ must be compiled there, against that machine's CUDA), the embedded model files t
     python -m voxloop.bench.gpu_bundle /tmp/gpu-bundle --python-version 3.12
 
 Larger models for that machine (`--extra-model FILE`, e.g. a 1.5 B GGUF) travel as a second
-series of parts, `models.tar.part*`, so that llama.cpp can be built there while they upload.
+series of parts, `models.tar.part*`: `gpu_run.sh install` needs only the first series, so the
+build can start before the models (1 GiB and more) have arrived, and `gpu_run.sh models` unpacks them.
 """
 
 from __future__ import annotations
