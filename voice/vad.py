@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voxloop.voice.errors import ModelNotFoundError
+
 SAMPLE_RATE = 16000
 FRAME_SAMPLES = 512  # 32 ms at 16 kHz: the frame size Silero v5 is trained on
 FRAME_MS = 1000 * FRAME_SAMPLES / SAMPLE_RATE
@@ -41,8 +43,6 @@ def bundled_silero_onnx() -> str:
     this project's 2-core Xeon (bench/RESULTS.md, `vad-no-torch`)."""
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
-        from voxloop.voice.errors import ModelNotFoundError
-
         raise ModelNotFoundError("the Silero VAD model needs the 'silero-vad' package (pip install silero-vad)")
     return str(Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx")
 
