@@ -163,6 +163,7 @@ class LiveTalk:
             if self._aec is not None:
                 self._aec.far_end(self.device.take_played())
                 samples = self._aec.process(samples)
+                self.state.echo_path_db = self._aec.echo_path_db
                 if not samples.size:
                     continue
             level = rms_dbfs(samples)

@@ -34,6 +34,7 @@ class TalkState:
     level_dbfs: float = -120.0
     mic: str = "live"  # live, muted, held (half-duplex), idle (push-to-talk), talking (push-to-talk)
     aec: bool = True
+    echo_path_db: float | None = None  # how loud the speaker comes back into the mic, once measured
     push_to_talk: bool = False
     keys: bool = True
     user_speaking: bool = False

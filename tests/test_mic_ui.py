@@ -78,6 +78,12 @@ def test_connection_lost_and_push_to_talk_states():
     assert "idle (space to talk)" in text and "space talk/send" in text and "AEC off" in text
 
 
+def test_the_measured_echo_path_is_shown():
+    assert "AEC on (echo -12 dB)" in flat(render(live_view(TalkState(echo_path_db=-12.4))))
+    assert "AEC on (no echo heard)" in flat(render(live_view(TalkState(echo_path_db=-55.0))))
+    assert "AEC on" in flat(render(live_view(TalkState()))) and "echo" not in flat(render(live_view(TalkState())))
+
+
 def test_level_meter_scale():
     assert level_meter(-120).plain.startswith("░" * 16)
     assert level_meter(0).plain.startswith("█" * 16)
