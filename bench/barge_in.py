@@ -295,6 +295,7 @@ def plot(result: dict, path: Path) -> None:
                 delays.annotate(f"{r['trials'] - r['heard']} missed", (x + offset, r["p95_ms"]), ha="center",
                                 va="bottom", fontsize=7, color="tab:red", rotation=90)
     delays.set_xticks(range(len(scenarios)), [f"{p}\nat {c:g} s" for p, c in scenarios], fontsize=8)
+    delays.set_ylim(top=delays.get_ylim()[1] * 1.12)  # room for the misses written above the whiskers
     delays.set_ylabel("speech_started later than on a silent speaker, ms")
     delays.set_title("User cuts in over the session's first reply", fontsize=10)
     delays.grid(axis="y", alpha=0.3)
