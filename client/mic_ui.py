@@ -71,7 +71,7 @@ def live_view(state: TalkState) -> RenderableType:
     status.append(_MIC_LABEL.get(state.mic, state.mic), _MIC_STYLE.get(state.mic, ""))
     status.append("  AEC " + ("on" if state.aec else "off"), "dim")
     if state.aec and state.echo_path_db is not None:
-        status.append(f" (echo {state.echo_path_db:.0f} dB)" if state.echo_path_db > -40 else " (no echo heard)", "dim")
+        status.append(f" (echo {state.echo_path_db:.0f} dB)", "dim")
     meter = Text.assemble("level ", level_meter(state.level_dbfs))
     if state.user_speaking:
         meter.append("  you are speaking", "cyan")
