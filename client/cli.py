@@ -47,6 +47,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        "(default: 8 on a GPU, 20 on a CPU)")
     group.add_argument("--xtts-half", action="store_true", help="XTTS in float16 autocast on CUDA (not faster on an H100)")
     group.add_argument("--threads", type=int, default=0, help="CPU threads per model (default: all cores)")
+    group.add_argument("--asr-threads", type=int, default=None,
+                       help="CPU threads for Whisper (default: --threads if given, else half the cores: on 2 cores "
+                            "one thread transcribed faster than two, beside the LLM and TTS)")
+    group.add_argument("--separate-partial-asr", action="store_true",
+                       help="on a CPU, partial transcripts on their own one-thread Whisper at the lowest priority, so "
+                            "that a final pass never waits for a partial one in flight (default: one Whisper, which "
+                            "serves final passes first; the separate one did not pay on 2 cores)")
     group.add_argument("--spinning-threads", action="store_true",
                        help="let numpy's BLAS (several threads) and Piper's onnxruntime threads busy-wait between calls, "
                             "as they do by default; on a small CPU that spinning takes the cores from the next model "
@@ -65,6 +72,7 @@ def _model_options(args: argparse.Namespace):
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,
                         xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads,
+                        asr_threads=args.asr_threads, separate_partial_asr=args.separate_partial_asr,
                         spinning_threads=args.spinning_threads)
 
 

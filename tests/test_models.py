@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from contextlib import aclosing
 
@@ -169,3 +171,64 @@ def test_the_cascade_never_loads_torch_so_llama_cpp_keeps_its_own_openmp():
              "sys.exit(1 if loaded else 0)\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _thread_nice_values() -> dict[int, int]:
+    """The nice value of each of this process's threads (Linux: field 19 of /proc/self/task/TID/stat)."""
+    import os
+
+    values = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as stat:
+            values[int(tid)] = int(stat.read().rsplit(")", 1)[1].split()[16])
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU priority is a Linux facility")
+def test_partial_transcripts_have_their_own_low_priority_whisper_so_a_final_pass_never_waits(clips):
+    import threading
+
+    from voxloop.voice.models import CascadeModels, _partial_whisper
+
+    baseline = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = set(_thread_nice_values())
+    model, worker = _partial_whisper(lambda threads: WhisperTranscriber(cpu_threads=threads))
+    started = {tid: nice for tid, nice in _thread_nice_values().items() if tid not in before}
+    # The worker and the threads CTranslate2 started for the model all run at the lowest priority.
+    assert len(started) >= 2 and set(started.values()) == {19}, started
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == baseline  # the caller is untouched
+
+    final = WhisperTranscriber(cpu_threads=1)
+    models = CascadeModels(vad=None, asr=final, llm=None, tts=None, partial_asr=(model, worker))
+    audio = load_audio(clips["1089-134691-0001"].path, 16000)
+    release = threading.Event()
+    worker.submit(release.wait)  # a partial pass in flight, for as long as the test likes
+
+    async def final_pass_during_a_partial_one():
+        partial = asyncio.create_task(models.transcribe(audio, urgent=False))
+        transcript = await asyncio.wait_for(models.transcribe(audio), 30)
+        assert not partial.done()
+        release.set()
+        return transcript, await asyncio.wait_for(partial, 30)
+
+    try:
+        final_text, partial_text = asyncio.run(final_pass_during_a_partial_one())
+    finally:
+        release.set()
+        worker.shutdown()
+    reference = clips["1089-134691-0001"].transcript
+    assert word_error_rate(reference, final_text.text) <= WER_BOUND
+    assert word_error_rate(reference, partial_text.text) <= WER_BOUND
+
+
+def test_whisper_threads_default_to_half_the_cores_unless_asked(monkeypatch):
+    from voxloop.voice.models import ModelOptions, whisper_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert whisper_threads(ModelOptions()) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert whisper_threads(ModelOptions()) == 8
+    assert whisper_threads(ModelOptions(threads=3)) == 3
+    assert whisper_threads(ModelOptions(threads=3, asr_threads=2)) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert whisper_threads(ModelOptions()) == 1

@@ -1,6 +1,8 @@
 """The model worker that serves urgent jobs (a turn's final transcription) before background ones."""
 
 import asyncio
+import os
+import sys
 import threading
 import time
 
@@ -59,3 +61,24 @@ def test_shutdown_drops_waiting_jobs_and_stops_the_thread():
     worker.shutdown()
     assert waiting.cancelled()
     assert not worker._thread.is_alive()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU priority is a Linux facility")
+def test_a_niced_worker_lowers_only_its_own_thread_and_the_threads_it_starts():
+    baseline = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = PriorityWorker("test", nice=19)
+    try:
+        own = worker.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(timeout=5)
+
+        def child_priority() -> int:
+            seen: list[int] = []
+            child = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            child.start()
+            child.join()
+            return seen[0]
+
+        inherited = worker.submit(child_priority).result(timeout=5)
+    finally:
+        worker.shutdown()
+    assert own == 19 and inherited == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == baseline

@@ -6,6 +6,7 @@ the backends), so concurrent sessions queue instead of racing inside a model.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ class ModelOptions:
     xtts_chunk_tokens: int | None = None  # audio tokens per streamed chunk; None: 8 on a GPU, 20 on a CPU
     xtts_half: bool = False  # float16 autocast on CUDA
     threads: int = 0  # 0: all cores
+    asr_threads: int | None = None  # None: see whisper_threads
+    # Partial transcripts on their own one-thread Whisper at the lowest CPU priority (CPU only), so that
+    # the pass that ends a turn never waits for one to finish. Off: on the 2-core Xeon it did not pay
+    # (bench/RESULTS.md, `separate-partial-asr`: p50 1.07, p95 1.05).
+    separate_partial_asr: bool = False
     spinning_threads: bool = False  # see keep_numpy_single_threaded and PiperSynthesizer
 
 
@@ -53,10 +59,15 @@ class CascadeModels:
     llm: ChatLLM
     tts: SpeechSynthesizer
     load_seconds: dict[str, float] = field(default_factory=dict)
+    partial_asr: tuple[WhisperTranscriber, PriorityWorker] | None = None  # see ModelOptions.separate_partial_asr
     _asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
 
     async def transcribe(self, audio16k: np.ndarray, urgent: bool = True) -> Transcript:
-        """`urgent=False` for partial transcripts: any session's final pass goes before them."""
+        """`urgent=False` for partial transcripts: on their own model when there is one, else after any
+        session's final pass."""
+        if not urgent and self.partial_asr is not None:
+            model, worker = self.partial_asr
+            return await worker.run(model.transcribe, audio16k)
         return await self._asr_worker.run(self.asr.transcribe, audio16k, urgent=urgent)
 
     async def warm_up(self) -> None:
@@ -118,14 +129,20 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
     console = console or Console(stderr=True)
     if not options.spinning_threads:
         keep_numpy_single_threaded()
+    asr_threads = whisper_threads(options)
+
+    def whisper(threads: int) -> WhisperTranscriber:
+        return WhisperTranscriber(options.asr_model, options.asr_device, options.asr_compute_type, threads,
+                                  window_padding_s=options.asr_window_padding_s)
+
     steps = [
         ("Silero VAD", lambda: SileroVAD()),
-        (f"Whisper ({options.asr_model or 'bundled tiny.en'})",
-         lambda: WhisperTranscriber(options.asr_model, options.asr_device, options.asr_compute_type, options.threads,
-                                    window_padding_s=options.asr_window_padding_s)),
+        (f"Whisper ({options.asr_model or 'bundled tiny.en'})", lambda: whisper(asr_threads)),
         (f"LLM ({options.llm_url or options.llm_gguf or 'bundled SmolLM2-135M-Instruct'})", lambda: build_llm(options)),
         (f"TTS ({_tts_label(options)})", lambda: build_tts(options)),
     ]
+    if options.separate_partial_asr and options.asr_device == "cpu":
+        steps.append(("Whisper for partial transcripts (one thread, lowest priority)", lambda: _partial_whisper(whisper)))
     loaded, seconds = [], {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -137,4 +154,27 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
             seconds[label] = time.perf_counter() - start
             progress.advance(task)
         progress.update(task, description="models loaded")
-    return CascadeModels(*loaded, load_seconds=seconds)
+    return CascadeModels(*loaded[:4], load_seconds=seconds, partial_asr=loaded[4] if len(loaded) > 4 else None)
+
+
+def whisper_threads(options: ModelOptions) -> int:
+    """`asr_threads` if set, else `threads` if set, else half the cores (at least one).
+
+    Whisper's final pass runs beside the LLM and TTS (eager end of turn, pre-warms), and on this
+    project's 2-core Xeon one thread beat two even alone: 202 vs 296 ms a pass (median over the 32
+    clips, interleaved), and in the voice loop p50 0.89, p95 0.79 (bench/RESULTS.md, `asr-threads`)."""
+    if options.asr_threads:
+        return options.asr_threads
+    if options.threads:
+        return options.threads
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _partial_whisper(whisper) -> tuple[WhisperTranscriber, PriorityWorker]:
+    """A Whisper for partial transcripts, built on its own worker at nice 19 so that CTranslate2's threads,
+    started with the model, inherit that priority: the final pass, the LLM and TTS take the cores from it.
+    On this project's 2-core Xeon a partial pass in flight made the final one wait: 3 of 32 turns took
+    660-1055 ms from the pause to the transcript, against 200 for a single pass. This did not cure that
+    tail there (`separate-partial-asr`), so it is an option: it may pay on a machine with cores to spare."""
+    worker = PriorityWorker("asr-partial", nice=19)
+    return worker.submit(whisper, 1).result(), worker

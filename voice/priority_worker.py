@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -23,9 +25,12 @@ URGENT, BACKGROUND = 0, 1
 
 
 class PriorityWorker:
-    def __init__(self, name: str):
+    def __init__(self, name: str, nice: int = 0):
+        """`nice`: the thread's CPU priority on Linux (19 is the lowest), inherited by the threads its
+        jobs start. Elsewhere it is ignored: there a process-wide setting is all there is."""
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()  # first in, first out within a priority
+        self._nice = nice if sys.platform.startswith("linux") else 0
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -49,6 +54,8 @@ class PriorityWorker:
         self._thread.join()
 
     def _serve(self) -> None:
+        if self._nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)  # this thread only
         while True:
             _, _, fn, args, future = self._jobs.get()
             if fn is None:
