@@ -122,6 +122,13 @@ class ServerEars:
                 return at
         return None
 
+    def onset_s(self, user: np.ndarray, seed: int = 0) -> float | None:
+        """When `speech_started` fires for `user` alone (a second of mic noise before it), from its first sample:
+        the reference that a canceller's extra delay is measured against."""
+        lead = np.zeros(WIRE_RATE, np.float32)
+        fired = self.speech_started_s(np.concatenate([lead, user]) + noise(lead.size + user.size, seed))
+        return None if fired is None else fired - 1.0
+
 
 @dataclass(frozen=True)
 class CutIn:
@@ -179,7 +186,7 @@ def measure(clip_limit: int | None, cut_ins: list[float], bar: tqdm | None = Non
     users = [load_audio(clip.path, WIRE_RATE) for clip in clips]
     cut_in_results: list[CutIn] = []
     for k, (clip, user) in enumerate(zip(clips, users)):
-        reference = ears.speech_started_s(np.concatenate([np.zeros(WIRE_RATE, np.float32), user]) + noise(user.size + WIRE_RATE, k))
+        reference = ears.onset_s(user, seed=k)
         for path in PATHS:
             for cut_in in cut_ins:
                 played, mic, user_start = session(replies[k % len(replies)], user, path, cut_in, seed=k)
@@ -188,7 +195,7 @@ def measure(clip_limit: int | None, cut_ins: list[float], bar: tqdm | None = Non
                         continue  # the echo cuts in before the user does: see the replies alone
                     fired = ears.speech_started_s(through(make(), played, mic), after_s=user_start)
                     heard = fired is not None and reference is not None
-                    delay = 1000 * ((fired - user_start) - (reference - 1.0)) if heard else None
+                    delay = 1000 * (fired - user_start - reference) if heard else None
                     cut_in_results.append(CutIn(path.name, cut_in, name, clip.name, fired is not None, delay))
                     if bar is not None:
                         bar.update()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxloop.bench.barge_in import EchoPath, ServerEars, noise, path_change, session, through
+from voxloop.bench.barge_in import EchoPath, ServerEars, path_change, session, through
 from voxloop.client.aec import EchoCanceller
 from voxloop.client.audio_io import WIRE_RATE
 from voxloop.client.double_talk import DoubleTalkDetector, SpectralShape
@@ -36,15 +36,10 @@ def user(clips):
     return load_audio(clips["1089-134691-0001"].path, WIRE_RATE)
 
 
-def onset_s(ears: ServerEars, user: np.ndarray) -> float:
-    """When speech_started fires for the user on a silent speaker, from the clip's start."""
-    return ears.speech_started_s(np.concatenate([np.zeros(WIRE_RATE, np.float32), user]) + noise(user.size + WIRE_RATE, 1)) - 1.0
-
-
 @pytest.mark.parametrize("cut_in_s", [0.1, 1.0])
 def test_the_user_over_a_reply_on_headphones_is_heard_as_without_a_canceller(ears, assistant, user, cut_in_s):
     played, mic, user_start = session(assistant, user, HEADPHONES, cut_in_s, seed=1)
-    onset = onset_s(ears, user)
+    onset = ears.onset_s(user, seed=1)
     extra_ms = {}
     for double_talk in (False, True):
         canceller = EchoCanceller(WIRE_RATE, double_talk=double_talk)

@@ -216,6 +216,7 @@ def test_partial_transcripts_have_their_own_low_priority_whisper_so_a_final_pass
     finally:
         release.set()
         worker.shutdown()
+        models._asr_worker.shutdown()
     reference = clips["1089-134691-0001"].transcript
     assert word_error_rate(reference, final_text.text) <= WER_BOUND
     assert word_error_rate(reference, partial_text.text) <= WER_BOUND
