@@ -13,7 +13,7 @@ Reported per echo path, cut-in time and canceller:
 - false barge-ins: replies alone (nobody talking) that fired it, the assistant cutting itself off;
 - a path change: a reply on headphones, then one over a speaker, as when the headphones come off.
 
-    python -m voxloop.bench.barge_in --out bench/results/barge-in
+    python -m voxloop.bench.barge_in --out bench/out/barge-in
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ class EchoPath:
         return np.concatenate([np.zeros(shift), heard[:played.size - shift]]).astype(np.float32)
 
 
-PATHS = [EchoPath("headphones", None), EchoPath("laptop -6 dB", -6.0), EchoPath("room -6 dB", -6.0, reverberant=True),
-         EchoPath("room 0 dB", 0.0, reverberant=True)]
+HEADPHONES, LAPTOP, ROOM = EchoPath("headphones", None), EchoPath("laptop -6 dB", -6.0), EchoPath("room -6 dB", -6.0, reverberant=True)
+PATHS = [HEADPHONES, LAPTOP, ROOM, EchoPath("room 0 dB", 0.0, reverberant=True)]
 
 CANCELLERS: dict[str, Callable[[], EchoCanceller | None]] = {
     "no AEC": lambda: None,
@@ -180,6 +180,7 @@ def noise(size: int, seed: int) -> np.ndarray:
 
 
 def measure(clip_limit: int | None, cut_ins: list[float], bar: tqdm | None = None) -> tuple[list[CutIn], list[ReplyAlone]]:
+    bar = tqdm(disable=True) if bar is None else bar
     ears = ServerEars()
     replies = synthesize_replies()
     clips = load_clips()[:clip_limit]
@@ -197,22 +198,19 @@ def measure(clip_limit: int | None, cut_ins: list[float], bar: tqdm | None = Non
                     heard = fired is not None and reference is not None
                     delay = 1000 * (fired - user_start - reference) if heard else None
                     cut_in_results.append(CutIn(path.name, cut_in, name, clip.name, fired is not None, delay))
-                    if bar is not None:
-                        bar.update()
+                    bar.update()
     alone: list[ReplyAlone] = []
     for k, reply in enumerate(replies):
         for path in PATHS[1:]:
             played, mic, _ = session(reply, None, path, 0.0, seed=k)
             for name, make in CANCELLERS.items():
                 alone.append(ReplyAlone(path.name, name, k, ears.speech_started_s(through(make(), played, mic)) is not None))
-                if bar is not None:
-                    bar.update()
+                bar.update()
         played, mic, second_starts = path_change(reply, replies[(k + 1) % len(replies)], k)
         for name, make in CANCELLERS.items():
             fired = ears.speech_started_s(through(make(), played, mic), after_s=second_starts)
-            alone.append(ReplyAlone("headphones, then room -6 dB", name, k, fired is not None))
-            if bar is not None:
-                bar.update()
+            alone.append(ReplyAlone(f"headphones, then {ROOM.name}", name, k, fired is not None))
+            bar.update()
     return cut_in_results, alone
 
 
@@ -223,7 +221,7 @@ def path_change(first: np.ndarray, second: np.ndarray, seed: int):
     played = np.concatenate([before, second, gap])
     over_the_speaker = played.copy()
     over_the_speaker[:before.size] = 0.0
-    mic = EchoPath("room -6 dB", -6.0, reverberant=True).echo(over_the_speaker, seed) + noise(played.size, seed)
+    mic = ROOM.echo(over_the_speaker, seed) + noise(played.size, seed)
     return played, mic, before.size / WIRE_RATE
 
 

@@ -8,16 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxloop.bench.barge_in import EchoPath, ServerEars, path_change, session, through
+from voxloop.bench.barge_in import HEADPHONES, LAPTOP, ROOM, ServerEars, path_change, session, through
 from voxloop.client.aec import EchoCanceller
 from voxloop.client.audio_io import WIRE_RATE
 from voxloop.client.double_talk import DoubleTalkDetector, SpectralShape
 from voxloop.codecs.audiofile import load_audio
 from voxloop.codecs.pcm import rms_dbfs
-
-HEADPHONES = EchoPath("headphones", None)
-LAPTOP = EchoPath("laptop -6 dB", -6.0)
-ROOM = EchoPath("room -6 dB", -6.0, reverberant=True)
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,6 @@ def test_the_cascade_never_loads_torch_so_llama_cpp_keeps_its_own_openmp():
     torch, so a server process must load all its models without it (a fresh interpreter, as
     this test process may already hold torch)."""
     import subprocess
-    import sys
 
     check = ("import sys\n"
              "from voxloop.voice.models import ModelOptions, load_cascade\n"
@@ -175,8 +174,6 @@ def test_the_cascade_never_loads_torch_so_llama_cpp_keeps_its_own_openmp():
 
 def _thread_nice_values() -> dict[int, int]:
     """The nice value of each of this process's threads (Linux: field 19 of /proc/self/task/TID/stat)."""
-    import os
-
     values = {}
     for tid in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{tid}/stat") as stat:
