@@ -13,7 +13,7 @@ import pytest
 
 from voxloop.bench.wer import word_error_rate
 from voxloop.codecs.audiofile import load_audio
-from voxloop.voice.asr import Transcript, WhisperTranscriber, hallucination_reason
+from voxloop.voice.asr import Transcript, WhisperTranscriber, hallucination_reason, without_restart
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.llm import GenerationSettings, LlamaCppLLM
 from voxloop.voice.tts import OUTPUT_RATE, PiperSynthesizer
@@ -72,6 +72,17 @@ def test_short_window_decoding_agrees_with_the_standard_30_s_window(clips):
         standard_wer = word_error_rate(reference, standard.transcribe(audio).text)
         # At most one word worse on these 7-22 word clips ("I am" -> "I'm" is one).
         assert word_error_rate(reference, short.transcribe(audio).text) <= standard_wer + 0.26
+
+
+def test_a_transcript_started_over_keeps_its_first_telling():
+    assert without_restart("Hopefully we can learn from our mistakes. Hopefully we can learn from our mistak") == \
+        "Hopefully we can learn from our mistakes."
+    assert without_restart("The ship is in. The ship is in. The ship") == "The ship is in."
+
+
+def test_a_speaker_who_repeats_themselves_keeps_every_word():
+    for said in ("I went home, I went home and slept.", "no no no no", "Stop. Stop. Stop.", "a b c d a b x"):
+        assert without_restart(said) == said
 
 
 def test_whisper_says_nothing_on_silence_and_noise(whisper):

@@ -126,8 +126,26 @@ class WhisperTranscriber:
             max_length=max_tokens, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
             suppress_tokens=[-1],
         )[0]
-        text = self._tokenizer.decode(result.sequences_ids[0]).strip()
+        text = without_restart(self._tokenizer.decode(result.sequences_ids[0]).strip())
         return text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0
+
+
+def without_restart(text: str) -> str:
+    """The text before Whisper started it over: on a window shorter than the 30 s it was trained
+    on, the decoder sometimes reaches the end of the speech and then transcribes it again from
+    the first word, until it runs out of tokens ("We can learn. We can learn. We can le").
+
+    Only a tail that is nothing but the opening, said again to the end (the last word may be cut
+    off), counts, and it must repeat at least three words: a speaker who goes on after repeating
+    themselves keeps every word."""
+    words = text.split()
+    normalized = [_PUNCTUATION.sub("", word.lower()) for word in words]
+    for restart in range(3, len(words) - 2):
+        tail = normalized[restart:]
+        again = [normalized[i % restart] for i in range(len(tail))]
+        if tail[:-1] == again[:-1] and again[-1].startswith(tail[-1]):
+            return " ".join(words[:restart])
+    return text
 
 
 def hallucination_reason(t: Transcript) -> str | None:
