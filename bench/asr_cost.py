@@ -6,8 +6,8 @@ the published shape of each Whisper size and random weights, asked to decode exa
 tokens as the speaker said, takes the time the real model would. This answers "would Whisper
 small fit in the latency budget here?" on a machine that cannot download it.
 
-The measurement mirrors `voice/asr.py`'s final pass (the utterance plus 10 s of silence, greedy,
-no timestamps). It is validated on the one size whose weights ship with voxloop: a random-weight
+The measurement mirrors `voice/asr.py`'s final pass (the utterance plus `WINDOW_PADDING_S` of
+silence, greedy, no timestamps). It is validated on the one size whose weights ship with voxloop: a random-weight
 tiny.en is timed beside the real tiny.en, and the table shows both, so the method's error is in
 plain sight. Random weights transcribe nothing, so this measures time only, never accuracy.
 
@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from voxloop.bench.speech import load_clips
 from voxloop.codecs.audiofile import load_audio
+from voxloop.voice.asr import WINDOW_PADDING_S
 
 SAMPLE_RATE = 16000
-WINDOW_PADDING_S = 10.0  # as WhisperTranscriber's default window_padding_s
 # The English-only vocabulary's special tokens, shared by every model timed here: the final
 # pass's prompt is start-of-transcript and no-timestamps, and end-of-text is suppressed so that
 # every model decodes the same count.

@@ -54,7 +54,7 @@ def held_and_ended(clips: list[JudgedClip], threshold: float | None) -> tuple[in
     return held, ended
 
 
-def judge_clips(asr_window_s: float | None = 10.0) -> list[JudgedClip]:
+def judge_clips(asr_window_s: float | None = None) -> list[JudgedClip]:
     from voxloop.bench.paused_speech import build_paused_clips
     from voxloop.codecs.audiofile import load_audio
     from voxloop.voice.asr import WhisperTranscriber
@@ -63,7 +63,8 @@ def judge_clips(asr_window_s: float | None = 10.0) -> list[JudgedClip]:
     from voxloop.voice.speculation import unfinished_reason, without_final_punctuation
 
     placements = json.loads((build_paused_clips() / "placements.json").read_text())
-    asr, llm = WhisperTranscriber(window_padding_s=asr_window_s), LlamaCppLLM()
+    asr = WhisperTranscriber() if asr_window_s is None else WhisperTranscriber(window_padding_s=asr_window_s or None)
+    llm = LlamaCppLLM()
 
     async def probability(text: str) -> float | None:
         if not text:
@@ -87,11 +88,12 @@ def judge_clips(asr_window_s: float | None = 10.0) -> list[JudgedClip]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=0.01, help="the LLM rule's sentence-end threshold (default: 0.01)")
-    parser.add_argument("--asr-window", type=float, default=10.0, metavar="SECONDS",
-                        help="Whisper's silence after the utterance, as `voxloop serve --asr-window` (0: the 30 s window)")
+    parser.add_argument("--asr-window", type=float, metavar="SECONDS",
+                        help="Whisper's silence after the utterance, as `voxloop serve --asr-window` "
+                             "(default: the server's; 0: the 30 s window)")
     parser.add_argument("--json", help="also write every clip's transcripts and scores here")
     args = parser.parse_args(argv)
-    clips = judge_clips(args.asr_window or None)
+    clips = judge_clips(args.asr_window)
     scored = [c for c in clips if c.half_p is not None and c.whole_p is not None]
     print(f"{len(clips)} clips; LLM separation (AUC) {separation([c.half_p for c in scored], [c.whole_p for c in scored]):.3f}")
     for label, threshold in (("words-only rule", None), (f"LLM rule, threshold {args.threshold}", args.threshold)):

@@ -11,6 +11,7 @@ from dataclasses import replace
 from rich.console import Console
 
 from voxloop.client.realtime_client import DEFAULT_URL
+from voxloop.voice.asr import WINDOW_PADDING_S
 from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.config import SessionConfig
 from voxloop.voice.turns import EAGERNESS, UNFINISHED_RULES, TurnDetectionConfig, semantic_vad
@@ -23,9 +24,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--asr-model", help="faster-whisper model name or CTranslate2 directory (default: bundled tiny.en)")
     group.add_argument("--asr-device", default="cpu", help="cpu or cuda (default: cpu)")
     group.add_argument("--asr-compute-type", default="int8", help="CTranslate2 compute type (default: int8)")
-    group.add_argument("--asr-window", type=float, default=10.0, metavar="SECONDS",
+    group.add_argument("--asr-window", type=float, default=WINDOW_PADDING_S, metavar="SECONDS",
                        help="encode the utterance plus this much silence instead of Whisper's 30 s window "
-                            "(default: 10; 0 for the standard 30 s window)")
+                            f"(default: {WINDOW_PADDING_S:g}; 0 for the standard 30 s window)")
     group.add_argument("--llm-gguf", help="path to a GGUF chat model (default: bundled SmolLM2-135M-Instruct)")
     group.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp server, Ollama)")
     group.add_argument("--llm-model", default="default", help="model name to send to --llm-url")

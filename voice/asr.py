@@ -22,6 +22,8 @@ _HALLUCINATIONS = {
     "thank you very much", "i'm sorry", "the end", "subtitles by the amara org community",
 }
 _PUNCTUATION = re.compile(r"[^\w\s']")
+# The silence encoded after the utterance instead of Whisper's 30 s window (see _decode_short_window).
+WINDOW_PADDING_S = 5.0
 
 
 @dataclass
@@ -61,7 +63,8 @@ def resolve_whisper_model(name_or_path: str | None) -> str:
 
 class WhisperTranscriber:
     def __init__(self, model: str | None = None, device: str = "cpu", compute_type: str = "int8",
-                 cpu_threads: int = 0, beam_size: int = 1, language: str | None = "en", window_padding_s: float | None = 10.0):
+                 cpu_threads: int = 0, beam_size: int = 1, language: str | None = "en",
+                 window_padding_s: float | None = WINDOW_PADDING_S):
         """`window_padding_s`: encode the utterance plus this much silence, not a full 30 s
         window (None: the standard 30 s window)."""
         from faster_whisper import WhisperModel
@@ -113,9 +116,13 @@ class WhisperTranscriber:
         """Encode the utterance plus `window_padding_s` of silence instead of a full 30 s window.
 
         Whisper's encoder costs time in proportion to its input, and faster-whisper always pads
-        to 30 s. CTranslate2 accepts shorter inputs; with at least 10 s of trailing silence the
-        decoder still sees where speech ends, and accuracy on the project's clips is unchanged
-        (mean WER 0.052 at +10 s vs 0.056 at 30 s; +3 s gave 0.177, so keep the margin)."""
+        to 30 s. CTranslate2 accepts shorter inputs. Whisper was trained on 30 s windows, and on a
+        short one its decoder sometimes transcribes the speech a second time; with that restart
+        cut (`without_restart`), +5 s transcribes the project's 32 clips as +10 s does (WER 0.037
+        vs 0.033: one word) in 115 instead of 190 ms (median, one thread, this project's Xeon).
+        +3 s breaks down on some clips ("He was not an old-s-s-y-y-y"), so keep the margin. In
+        the voice loop: p50 0.91, p95 0.70 against +10 s, and no more mid-sentence pauses taken
+        for turn ends (bench/RESULTS.md, `asr-window-5`, `paused-asr-window-5`)."""
         import ctranslate2
 
         features = self.model.feature_extractor(audio, padding=int(self.window_padding_s * SAMPLE_RATE))

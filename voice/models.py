@@ -15,7 +15,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from voxloop.voice.asr import Transcript, WhisperTranscriber
+from voxloop.voice.asr import WINDOW_PADDING_S, Transcript, WhisperTranscriber
 from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICompatibleLLM
 from voxloop.voice.priority_worker import PriorityWorker
 from voxloop.voice.tts import PiperSynthesizer, SpeechSynthesizer
@@ -27,7 +27,7 @@ class ModelOptions:
     asr_model: str | None = None  # None: bundled tiny.en
     asr_device: str = "cpu"
     asr_compute_type: str = "int8"
-    asr_window_padding_s: float | None = 10.0  # None: Whisper's standard 30 s window
+    asr_window_padding_s: float | None = WINDOW_PADDING_S  # None: Whisper's standard 30 s window
     llm_gguf: str | None = None  # None: bundled SmolLM2-135M-Instruct
     llm_url: str | None = None
     llm_model: str = "default"
