@@ -7,9 +7,9 @@ tokens as the speaker said, takes the time the real model would. This answers "w
 small fit in the latency budget here?" on a machine that cannot download it.
 
 The measurement mirrors `voice/asr.py`'s final pass (the utterance plus `WINDOW_PADDING_S` of
-silence, greedy, no timestamps). It is validated on the one size whose weights ship with voxloop: a random-weight
-tiny.en is timed beside the real tiny.en, and the table shows both, so the method's error is in
-plain sight. Random weights transcribe nothing, so this measures time only, never accuracy.
+silence, greedy, no timestamps). It is validated on the one size whose weights ship with
+voxloop: a random-weight tiny.en is timed beside the real tiny.en, and the table shows both, so
+the method's error is in plain sight. Random weights transcribe nothing, so this measures time only, never accuracy.
 
     python -m voxloop.bench.asr_cost --device cuda --sizes tiny.en small.en medium.en large-v3-turbo
 """

@@ -121,8 +121,8 @@ class WhisperTranscriber:
         cut (`without_restart`), +5 s transcribes the project's 32 clips as +10 s does (WER 0.037
         vs 0.033: one word) in 115 instead of 190 ms (median, one thread, this project's Xeon).
         +3 s breaks down on some clips ("He was not an old-s-s-y-y-y"), so keep the margin. In
-        the voice loop: p50 0.91, p95 0.70 against +10 s, and no more mid-sentence pauses taken
-        for turn ends (bench/RESULTS.md, `asr-window-5`, `paused-asr-window-5`)."""
+        the voice loop: p50 0.91, p95 0.70 against +10 s, and as many mid-sentence pauses taken
+        for turn ends as before (bench/RESULTS.md, `asr-window-5`, `paused-asr-window-5`)."""
         import ctranslate2
 
         features = self.model.feature_extractor(audio, padding=int(self.window_padding_s * SAMPLE_RATE))
