@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from voxloop.voice.asr import WINDOW_PADDING_S
+
 RATE = 16000
 HELD_SILENCE_S = 0.1  # what the server holds of the pause when it judges the words (TRAILING_CONTEXT_MS)
 
@@ -54,7 +56,8 @@ def held_and_ended(clips: list[JudgedClip], threshold: float | None) -> tuple[in
     return held, ended
 
 
-def judge_clips(asr_window_s: float | None = None) -> list[JudgedClip]:
+def judge_clips(asr_window_s: float = WINDOW_PADDING_S) -> list[JudgedClip]:
+    """`asr_window_s`: as `voxloop serve --asr-window` (0: Whisper's 30 s window)."""
     from voxloop.bench.paused_speech import build_paused_clips
     from voxloop.codecs.audiofile import load_audio
     from voxloop.voice.asr import WhisperTranscriber
@@ -63,8 +66,7 @@ def judge_clips(asr_window_s: float | None = None) -> list[JudgedClip]:
     from voxloop.voice.speculation import unfinished_reason, without_final_punctuation
 
     placements = json.loads((build_paused_clips() / "placements.json").read_text())
-    asr = WhisperTranscriber() if asr_window_s is None else WhisperTranscriber(window_padding_s=asr_window_s or None)
-    llm = LlamaCppLLM()
+    asr, llm = WhisperTranscriber(window_padding_s=asr_window_s or None), LlamaCppLLM()
 
     async def probability(text: str) -> float | None:
         if not text:
@@ -88,9 +90,9 @@ def judge_clips(asr_window_s: float | None = None) -> list[JudgedClip]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=0.01, help="the LLM rule's sentence-end threshold (default: 0.01)")
-    parser.add_argument("--asr-window", type=float, metavar="SECONDS",
+    parser.add_argument("--asr-window", type=float, default=WINDOW_PADDING_S, metavar="SECONDS",
                         help="Whisper's silence after the utterance, as `voxloop serve --asr-window` "
-                             "(default: the server's; 0: the 30 s window)")
+                             f"(default: {WINDOW_PADDING_S:g}; 0: the 30 s window)")
     parser.add_argument("--json", help="also write every clip's transcripts and scores here")
     args = parser.parse_args(argv)
     clips = judge_clips(args.asr_window)
