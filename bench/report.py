@@ -49,10 +49,17 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
                "false_end_turns": sum(1 for t in turns if t.false_ends),
                # A conversation stuck repeating one short reply is cheap to voice and flatters latency.
                "reply_s_median": percentiles([t.reply_audio_ms / 1000 for t in ok if t.reply_audio_ms])["p50"],
-               "distinct_replies": len({t.reply.strip().lower() for t in ok if t.reply.strip()})}
+               "distinct_replies": len({t.reply.strip().lower() for t in ok if t.reply.strip()}),
+               # A reply the token cap cut short sounds broken however soon it started.
+               "replies_cut_mid_sentence": sum(1 for t in ok if t.reply_status == "completed" and t.reply.strip()
+                                               and not _ends_a_sentence(t.reply))}
     for key, _ in STAGES:
         summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])
     return summary
+
+
+def _ends_a_sentence(text: str) -> bool:
+    return text.rstrip().rstrip("\"')]")[-1:] in (".", "?", "!")
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -61,13 +68,14 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def markdown_table(summaries: dict[str, dict]) -> str:
     lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early "
-             "| distinct replies | reply s (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| distinct replies | reply s (median) | replies cut mid-sentence |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
         lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
                      f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {_fmt(s['wer'], 3)} | {s.get('false_end_turns', 0)}/{s['turns']} | "
-                     f"{s.get('distinct_replies', '–')} | {_fmt(s.get('reply_s_median'), 1)} |")
+                     f"{s.get('distinct_replies', '–')} | {_fmt(s.get('reply_s_median'), 1)} | "
+                     f"{s.get('replies_cut_mid_sentence', '–')} |")
     return "\n".join(lines)
 
 

@@ -172,7 +172,9 @@ def _serve(args: argparse.Namespace) -> int:
                                    model_name=models.name, transcription_model=NO_TRANSCRIPTION)
         else:
             generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None,
-                                            first_audio_first=args.first_audio_first)
+                                            first_audio_first=args.first_audio_first,
+                                            max_sentences=args.reply_sentences or None,
+                                            repeat_penalty=args.repeat_penalty)
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
                                                                                     generation=replace(generation),
                                                                                     history_window=args.history_window,
@@ -266,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--first-clause-chars", type=int, default=GenerationSettings().first_clause_max_chars,
                        help="cut the reply's first clause for TTS by this many characters even without punctuation; "
                             "0: only at punctuation (default: %(default)s)")
+    turns.add_argument("--reply-sentences", type=int, default=GenerationSettings.max_sentences,
+                       help="under the default instructions, end a reply after this many whole sentences (a client's "
+                            "own instructions lift the limit); 0: no limit (default: %(default)s)")
+    turns.add_argument("--repeat-penalty", type=float, default=GenerationSettings.repeat_penalty,
+                       help="the embedded LLM's penalty on repeating tokens; 1: none (default: %(default)s)")
     turns.add_argument("--first-audio-first", action=argparse.BooleanOptionalAction,
                        default=GenerationSettings.first_audio_first,
                        help="hold the embedded LLM from its first clause until TTS has the first audio, so the two do "

@@ -81,6 +81,16 @@ def test_the_summary_shows_a_conversation_stuck_on_one_reply():
     assert "| 1 | 0.8 |" in table and "| 4 | 5.5 |" in table
 
 
+def test_the_summary_counts_replies_the_token_cap_cut_mid_sentence():
+    turns = [turn(name, 600) for name in "abcd"]
+    for t, (reply, status) in zip(turns, [("Fine. And I'm here", "completed"), ('He said "go."', "completed"),
+                                          ("Why not?", "completed"), ("Cut by the user", "cancelled")]):
+        t.reply, t.reply_status = reply, status
+    summary = summarize(turns)
+    assert summary["replies_cut_mid_sentence"] == 1  # a reply the user cut in on is not the model's doing
+    assert markdown_table({"A": summary}).splitlines()[2].endswith("| 1 |")
+
+
 def test_the_chain_table_gives_each_step_after_the_previous_one_and_when_the_audio_was_ready():
     marks = dict(speech_paused_ms=-340, transcript_final_ms=-180, llm_start_ms=-150, llm_first_token_ms=-115,
                  llm_first_clause_ms=-60, tts_first_audio_ms=20)

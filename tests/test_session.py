@@ -169,7 +169,7 @@ def test_a_pause_mid_sentence_is_held_even_when_its_words_are_judged_after_the_h
     assert word_error_rate("hopefully we can learn from our mistakes", transcript) < 0.3, transcript
     timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     # The whole sentence, without its final stop, reads as finished to the LLM: the turn ended after 500 ms.
-    assert timings["end_silence_ms"] == 500 and timings["unfinished"] is None
+    assert timings["end_silence_ms"] == 500 and timings["unfinished"] is None, (transcript, timings)
     assert timings["sentence_end_p"] > turns.sentence_end_threshold
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from voxloop.voice.clauses import ClauseChunker, speakable
 from voxloop.voice.llm import ChatLLM, GenerationSettings
+from voxloop.voice.reply_limit import SpokenReplyLimit
 from voxloop.voice.tts import SpeechSynthesizer
 
 
@@ -88,27 +89,31 @@ class CascadeResponder:
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
                              gate: threading.Event | None) -> None:
         chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars)
+        limit = SpokenReplyLimit(settings.max_sentences)
         try:
+            # Leaving the loop early closes the stream, which stops the LLM at its next token.
             async with aclosing(self.llm.stream(messages, settings, stats=marks, gate=gate)) as pieces:
                 async for piece in pieces:
                     marks.setdefault("llm_first_token", time.monotonic())
                     for clause in chunker.push(piece):
-                        if await self._put(clauses, clause):
+                        if (text := speakable(clause)) and limit.admit(text):
+                            await clauses.put(text)
                             marks.setdefault("llm_first_clause", time.monotonic())
                             if gate is not None and "tts_first_audio" not in marks:
                                 gate.clear()  # the first clause is out: let TTS have the cores for its first audio
-            for clause in chunker.flush():
-                await self._put(clauses, clause)
+                        if limit.ended:
+                            break
+                    if limit.ended:
+                        break
+            if not limit.ended:
+                cut_by_token_cap = marks.get("llm_finish_reason") == "length"
+                for clause in chunker.flush():
+                    if (text := speakable(clause)) and limit.admit_tail(text, cut_by_token_cap):
+                        await clauses.put(text)
+            marks["reply_end"] = limit.end_reason or marks.get("llm_finish_reason")
             marks["llm_done"] = time.monotonic()
             await clauses.put(None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await clauses.put(exc)
-
-    @staticmethod
-    async def _put(clauses: asyncio.Queue, clause: str) -> bool:
-        if text := speakable(clause):
-            await clauses.put(text)
-            return True
-        return False

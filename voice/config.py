@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.turns import TurnDetectionConfig
@@ -30,3 +30,10 @@ class SessionConfig:
     # With llm_prewarm, also evaluate the user's words while they speak, as the partial
     # transcripts agree on them, so the turn's prompt is mostly evaluated before the pause.
     llm_prewarm_words: bool = True
+
+    def reply_settings(self) -> GenerationSettings:
+        """The generation settings for a reply. The sentence limit holds the model to the default
+        instructions' "one or two sentences"; instructions of the client's own say how long to answer."""
+        if self.instructions == DEFAULT_INSTRUCTIONS:
+            return self.generation
+        return replace(self.generation, max_sentences=None)

@@ -30,8 +30,16 @@ from voxloop.voice.threaded import iterate_in_thread
 class GenerationSettings:
     # Voice answers are short: a long reply costs the user listening time and holds the floor.
     max_tokens: int = 96
+    # The whole sentences a reply may have (None: no limit), as the default instructions ask;
+    # small models ignore the request (voice/reply_limit.py). Instructions of the client's own
+    # lift it (SessionConfig.reply_settings).
+    max_sentences: int | None = 2
     temperature: float = 0.6
     top_p: float = 0.9
+    # llama.cpp's penalty on tokens already in the context (1.0: none); embedded models only, as
+    # OpenAI-compatible servers disagree on its name. SmolLM2-135M otherwise loops inside a
+    # sentence ("Honey-Coconut-Honey-Coconut-...") until the token cap.
+    repeat_penalty: float = 1.1
     # How the reply is cut for speech: the first clause ends by this length at a word boundary
     # even without punctuation (None: only at punctuation or 220 characters). Piper speaks a
     # whole clause at once, so its length is time the user waits (24 vs 48: p50 0.96, p95 0.94).
@@ -48,9 +56,17 @@ class ChatLLM(Protocol):
                stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
         """Stream the reply's text. If `stats` is given, the LLM may record there `llm_start`
         (time.monotonic() when it began this request, after any queueing) and, when it knows
-        them, `llm_prompt_tokens` and `llm_cached_tokens` (prompt tokens its cache already held).
+        them, `llm_prompt_tokens`, `llm_cached_tokens` (prompt tokens its cache already held)
+        and `llm_finish_reason` ("length" when `max_tokens` cut the reply).
         A local LLM waits between tokens while `gate` is clear (a remote one may ignore it)."""
         ...
+
+
+def _record_finish_reason(chunk: dict, stats: dict | None) -> None:
+    """Keep why the generation stopped ("stop", or "length" at the token cap) as `llm_finish_reason`."""
+    choices = chunk.get("choices") or [{}]
+    if stats is not None and (reason := choices[0].get("finish_reason")):
+        stats["llm_finish_reason"] = reason
 
 
 def bundled_gguf_path() -> str:
@@ -178,12 +194,13 @@ class LlamaCppLLM:
             self.llama.last_prompt_tokens = self.llama.last_cached_tokens = None
             chunks = self.llama.create_chat_completion(
                 messages=messages, stream=True, max_tokens=settings.max_tokens,
-                temperature=settings.temperature, top_p=settings.top_p,
+                temperature=settings.temperature, top_p=settings.top_p, repeat_penalty=settings.repeat_penalty,
             )
             for chunk in chunks:
                 if stats is not None and "llm_prompt_tokens" not in stats and self.llama.last_prompt_tokens is not None:
                     stats["llm_prompt_tokens"] = self.llama.last_prompt_tokens
                     stats["llm_cached_tokens"] = self.llama.last_cached_tokens
+                _record_finish_reason(chunk, stats)
                 text = chunk["choices"][0]["delta"].get("content")
                 if text:
                     yield text
@@ -324,7 +341,9 @@ class OpenAICompatibleLLM:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
-                choices = json.loads(data).get("choices") or [{}]
+                chunk = json.loads(data)
+                _record_finish_reason(chunk, stats)
+                choices = chunk.get("choices") or [{}]
                 text = (choices[0].get("delta") or {}).get("content")
                 if text:
                     yield text

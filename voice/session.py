@@ -236,8 +236,8 @@ class VoiceSession:
                 self._detector.hold_pause(hold_ms)
         if transcript.text and turn_detection.create_response and not self.response_active:
             messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=transcript.text)
-            speculation.reply = PrefetchedReply(self.responder.respond(messages, self.config.generation, self.config.voice,
-                                                                       speculation.marks))
+            reply = self.responder.respond(messages, self.config.reply_settings(), self.config.voice, speculation.marks)
+            speculation.reply = PrefetchedReply(reply)
         return transcript
 
     def _still_pausing(self, speculation: Speculation) -> bool:
@@ -469,7 +469,7 @@ class VoiceSession:
         if self._transcriptions:  # `commit` then `response.create` at once: answer what was said
             await asyncio.shield(asyncio.gather(*self._transcriptions, return_exceptions=True))
         messages = self.conversation.chat_messages(config.instructions)
-        pieces = prefetched.pieces() if prefetched else self.responder.respond(messages, config.generation, config.voice, marks)
+        pieces = prefetched.pieces() if prefetched else self.responder.respond(messages, config.reply_settings(), config.voice, marks)
         await self._stream_response(config, marks, pieces)
 
     async def _stream_response(self, config: SessionConfig, marks: dict[str, Any], pieces: AsyncIterator[SpeechPiece]) -> None:
@@ -594,7 +594,7 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
         if name in marks:
             timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
     for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",
-                 "llm_cached_tokens"):
+                 "llm_cached_tokens", "reply_end"):
         if name in marks:
             timings[name] = marks[name]
     return timings
