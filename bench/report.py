@@ -51,7 +51,7 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
                "reply_s_median": percentiles([t.reply_audio_ms / 1000 for t in ok if t.reply_audio_ms])["p50"],
                "distinct_replies": len({t.reply.strip().lower() for t in ok if t.reply.strip()}),
                # A reply the token cap cut short sounds broken however soon it started.
-               "replies_cut_mid_sentence": sum(1 for t in ok if t.reply_status == "completed" and t.reply.strip()
+               "replies_cut_mid_sentence": sum(1 for t in ok if t.reply_status != "cancelled" and t.reply.strip()
                                                and not _ends_a_sentence(t.reply))}
     for key, _ in STAGES:
         summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])

@@ -47,7 +47,7 @@ class TurnMeasurement:
     reference: str = ""
     wer: float | None = None
     reply: str = ""
-    reply_status: str | None = None  # the reply's response.done status: "completed" when it was heard out
+    reply_status: str | None = None  # response.done's: "completed" heard out, "incomplete" cut by the token cap
     reply_audio_ms: float | None = None
     error: str | None = None
     server_timings: dict = field(default_factory=dict)

@@ -84,7 +84,7 @@ def test_the_summary_shows_a_conversation_stuck_on_one_reply():
 def test_the_summary_counts_replies_the_token_cap_cut_mid_sentence():
     turns = [turn(name, 600) for name in "abcd"]
     for t, (reply, status) in zip(turns, [("Fine. And I'm here", "completed"), ('He said "go."', "completed"),
-                                          ("Why not?", "completed"), ("Cut by the user", "cancelled")]):
+                                          ("Why not?", "incomplete"), ("Cut by the user", "cancelled")]):
         t.reply, t.reply_status = reply, status
     summary = summarize(turns)
     assert summary["replies_cut_mid_sentence"] == 1  # a reply the user cut in on is not the model's doing

@@ -95,6 +95,17 @@ def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends
     assert timings["speculation"] == "none" and timings["speculations"] == 0
 
 
+def test_a_reply_cut_by_the_token_cap_is_incomplete_and_does_not_end_mid_sentence(models):
+    audio = np.concatenate([load_audio(clip("arctic_a0039_1592747680").path, RATE), np.zeros(RATE, np.float32)])
+    config = SessionConfig(generation=GenerationSettings(max_tokens=12, max_sentences=None))
+    events = run_session(models, audio, TurnDetectionConfig(), config=config)
+    done = next(e for e in events if e["type"] == "response.done")["response"]
+    assert done["status"] == "incomplete" and done["status_details"]["reason"] == "max_output_tokens", done["voxloop"]["timings"].get("reply_end")
+    spoken = done["output"][0]["content"][0]["transcript"]
+    # The unfinished tail is dropped once a whole sentence was said (SpokenReplyLimit.admit_tail).
+    assert spoken.rstrip("\"')")[-1:] in ".?!" or not any(mark in spoken for mark in ".?!"), spoken
+
+
 @contextmanager
 def without_cache_copies(models):
     """The LLM without its copies of displaced KV caches (voice/kv_snapshots.py), which would

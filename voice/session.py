@@ -504,6 +504,8 @@ class VoiceSession:
             log.exception("response %s failed", response_id)
             status, error = "failed", {"type": "server_error", "code": "response_failed", "message": str(exc)}
 
+        if status == "completed" and marks.get("llm_finish_reason") == "length":
+            status, reason = "incomplete", "max_output_tokens"  # as the Realtime API reports a reply the cap cut
         spoken = item.text
         if status == "cancelled":
             item.truncate(playback.heard_ms(time.monotonic()))
