@@ -123,7 +123,8 @@ def _turn_detection(args: argparse.Namespace) -> TurnDetectionConfig:
                  eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms, unfinished_rule=args.unfinished_rule,
                  unpunctuated_silence_ms=args.unpunctuated_silence_ms, sentence_end_threshold=args.sentence_end_threshold,
                  finished_silence_ms=args.finished_silence_ms, finished_threshold=args.finished_threshold,
-                 end_after_judgment=args.end_after_judgment)
+                 end_after_judgment=args.end_after_judgment,
+                 judge_by_words_when_llm_busy=args.judge_by_words_when_llm_busy)
     if args.eagerness is None:
         return TurnDetectionConfig(**flags)
     defaults = TurnDetectionConfig()
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--end-after-judgment", action=argparse.BooleanOptionalAction, default=defaults.end_after_judgment,
                        help="a pause ends the turn no sooner than the speculative transcript is judged finished or not "
                             "(default: %(default)s)")
+    turns.add_argument("--judge-by-words-when-llm-busy", action=argparse.BooleanOptionalAction,
+                       default=defaults.judge_by_words_when_llm_busy,
+                       help="when the LLM, serving other sessions, cannot start judging the words before the pause "
+                            "reaches --silence-ms, judge them by the words alone (default: %(default)s)")
     turns.add_argument("--eager-ms", type=int, default=defaults.eager_after_ms,
                        help=f"pause after which the reply starts speculatively; 0: off (default: {defaults.eager_after_ms})")
     turns.add_argument("--first-clause-chars", type=int, default=GenerationSettings().first_clause_max_chars,

@@ -154,3 +154,20 @@ def test_a_capped_prewarm_only_evaluates_a_few_new_tokens_and_leaves_another_pro
     history_tokens, held_words, words_tokens, held_other, still_cached = asyncio.run(run())
     assert held_words == words_tokens > history_tokens
     assert held_other == still_cached < 10  # nothing of the words' prompt was evaluated
+
+
+@pytest.mark.models
+def test_a_judgment_the_busy_worker_cannot_start_in_time_gives_none_and_leaves_the_model_working(llm):
+    messages = next_turn(Conversation(), "I would like to go home")
+
+    async def run():
+        idle = await llm.sentence_end_probability(messages, start_within_s=0.05)
+        busy = llm._executor.submit(threading.Event().wait, 0.5)  # another session's request
+        late = await llm.sentence_end_probability(messages, start_within_s=0.05)
+        busy.result()
+        after = await llm.sentence_end_probability(messages)
+        return idle, late, after
+
+    idle, late, after = asyncio.run(run())
+    assert late is None
+    assert idle is not None and after is not None and abs(after - idle) < 1e-3

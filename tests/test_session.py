@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing, contextmanager
 from dataclasses import replace
 
@@ -268,3 +269,20 @@ def test_the_words_prewarm_waits_for_the_history_and_replaces_only_an_earlier_wo
 
     asyncio.run(run())
     assert calls == [("Hello, how can I help?", None), ("What is", 48), ("What is the time", 48)]
+
+
+@pytest.mark.parametrize("judge_by_words", [True, False])
+def test_a_busy_llm_does_not_hold_the_pause_to_the_longest_hold(models, judge_by_words):
+    """Another session's request keeps the LLM's one worker busy past the pause: the words alone
+    judge them, and the turn ends after silence_duration_ms."""
+    audio = np.concatenate([load_audio(clip("arctic_a0039_1592747680").path, RATE), np.zeros(RATE, np.float32)])
+    turns = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=900, unpunctuated_silence_ms=900,
+                                judge_by_words_when_llm_busy=judge_by_words)
+    busy = models.llm._executor.submit(time.sleep, 0.02 * audio.size / (RATE // 50) + 1.5)  # past the pause
+    events = run_session(models, audio, turns, settle_s=12.0)
+    busy.result()
+    timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    if judge_by_words:
+        assert timings["end_silence_ms"] == 500 and "sentence_end_p" not in timings, timings
+    else:  # the judgment waited for the worker, and the pause for the judgment, until the longest hold
+        assert timings["end_silence_ms"] == 900, timings

@@ -81,10 +81,12 @@ class CascadeResponder:
         prewarm = getattr(self.llm, "prewarm", None)
         return await prewarm(messages, max_new_tokens) if prewarm is not None else 0
 
-    async def sentence_end_probability(self, messages: list[dict[str, str]]) -> float | None:
-        """The LLM's probability that the last message's words end a sentence (None if it cannot say)."""
+    async def sentence_end_probability(self, messages: list[dict[str, str]],
+                                       start_within_s: float | None = None) -> float | None:
+        """The LLM's probability that the last message's words end a sentence (None if it cannot
+        say, or cannot start on it within `start_within_s`)."""
         score = getattr(self.llm, "sentence_end_probability", None)
-        return await score(messages) if score is not None else None
+        return await score(messages, start_within_s) if score is not None else None
 
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
                              gate: threading.Event | None) -> None:

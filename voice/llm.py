@@ -212,23 +212,38 @@ class LlamaCppLLM:
                 async for piece in pieces:
                     yield piece
 
-    async def sentence_end_probability(self, messages: list[dict[str, str]]) -> float | None:
+    async def sentence_end_probability(self, messages: list[dict[str, str]],
+                                       start_within_s: float | None = None) -> float | None:
         """How likely the last message's words end a sentence where they stop: the model's
         probability that the next token is a full stop, a question or exclamation mark, or the
         end of the message. Pass the words without their final punctuation. The KV cache keeps
         them, so a reply to the same prompt starts from there. None when the chat format is not
-        the GGUF's own template (the message's end token is then unknown)."""
+        the GGUF's own template (the message's end token is then unknown), or when the model,
+        busy with other requests, could not start on it within `start_within_s`."""
         tokens = self.prompt_prefix_tokens(messages)
         end = self._message_end_token()
         if not tokens or end is None or end not in tokens:
             return None
         tokens = tokens[: len(tokens) - 1 - tokens[::-1].index(end)]  # up to the words, before the message's end
+        loop = asyncio.get_running_loop()
+        began, abandoned = asyncio.Event(), threading.Event()
         with self._queued_request() as started:
-            def score() -> float:
+            def score() -> float | None:
                 started()
+                if abandoned.is_set():
+                    return None
+                loop.call_soon_threadsafe(began.set)
                 return self._next_token_mass(tokens, self._sentence_end_tokens())
 
-            return await asyncio.get_running_loop().run_in_executor(self._executor, score)
+            scoring = loop.run_in_executor(self._executor, score)
+            if start_within_s is not None:
+                try:
+                    await asyncio.wait_for(began.wait(), start_within_s)
+                except TimeoutError:
+                    abandoned.set()  # if it starts after all, it returns at once
+                    scoring.add_done_callback(lambda done: done.exception())  # nobody awaits it now
+                    return None
+            return await scoring
 
     def _message_end_token(self) -> int | None:
         """The token that closes a chat message in this model's template (`<|im_end|>` for ChatML)."""

@@ -49,6 +49,9 @@ WORDS_PREWARM_MAX_NEW_TOKENS = 48
 MIN_PARTIAL_AUDIO_S = 0.5
 MAX_BUFFER_S = 120
 MIN_COMMIT_MS = 100
+# The least a judgment may wait for the LLM to start on it, even past silence_duration_ms: an idle
+# LLM starts within a millisecond, one finishing a pre-warm batch within about 35 ms.
+MIN_JUDGMENT_WAIT_MS = 50
 
 
 class SessionError(Exception):
@@ -227,7 +230,12 @@ class VoiceSession:
                 return transcript
             probability = None
             if transcript.text and turn_detection.unfinished_rule == "llm" and self._still_pausing(speculation):
-                probability = speculation.sentence_end = await self._sentence_end_probability(transcript.text)
+                start_within_s = None
+                if turn_detection.judge_by_words_when_llm_busy:
+                    left_ms = turn_detection.silence_duration_ms - self._detector.silence_ms
+                    start_within_s = max(left_ms, MIN_JUDGMENT_WAIT_MS) / 1000
+                probability = await self._sentence_end_probability(transcript.text, start_within_s)
+                speculation.sentence_end = probability
             reason, hold_ms = unfinished_hold(transcript.text, turn_detection, probability)
             if self._still_pausing(speculation):
                 speculation.unfinished = reason
@@ -245,11 +253,11 @@ class VoiceSession:
         nor was the turn ended)."""
         return self._turn is not None and self._turn.speculation is speculation
 
-    async def _sentence_end_probability(self, text: str) -> float | None:
+    async def _sentence_end_probability(self, text: str, start_within_s: float | None) -> float | None:
         words = without_final_punctuation(text)
         messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=words)
         try:
-            return await self.responder.sentence_end_probability(messages)
+            return await self.responder.sentence_end_probability(messages, start_within_s)
         except Exception:  # the turn then ends by the words alone, never not at all
             log.exception("judging whether the words end a sentence failed")
             return None

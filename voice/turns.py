@@ -68,6 +68,11 @@ class TurnDetectionConfig:
     # longest hold at most. It costs no reply time, as the reply needs that transcript anyway;
     # without it, a judgment that comes after silence_duration_ms cannot hold the pause.
     end_after_judgment: bool = True
+    # Extension: the LLM's judgment (rule "llm") must start before the pause reaches
+    # silence_duration_ms, or the words alone judge (rule "evidence"). One LLM serves every
+    # session, one request at a time: behind another session's reply the judgment came after
+    # the longest hold, so under load every turn was held to it.
+    judge_by_words_when_llm_busy: bool = True
 
 
 # What semantic_vad's eagerness sets. The Realtime API says only that "low" waits longer for the
