@@ -1,10 +1,10 @@
 """Where a spoken reply ends, whatever the LLM goes on to write.
 
 A voice reply the user has to sit through is worth less with every sentence, and small
-models ignore "answer in one or two sentences": SmolLM2-135M ran on to its token cap in 11 of
-32 replies of the bench's conversations, mid-sentence, and looped on a sentence it had already
-said ("You're very clever. You're very clever. ..."). The limit reads the reply clause by
-clause, as TTS will speak it, and ends it:
+models ignore "answer in one or two sentences": in session 8's default bench run, 17 of 32
+SmolLM2-135M replies ran on to the 96-token cap and stopped mid-sentence, some looping on a
+sentence already said ("You're very clever. You're very clever. ..."). The limit reads the
+reply clause by clause, as TTS will speak it, and ends it:
 - after `max_sentences` whole sentences;
 - before a clause that repeats one already said in the reply;
 - without the unfinished tail that the token cap left, once a whole sentence was said.
