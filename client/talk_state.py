@@ -19,7 +19,7 @@ class Turn:
     response_id: str | None = None
     assistant_item_id: str | None = None
     assistant_text: str = ""
-    status: str | None = None  # the response's final status: completed, cancelled, failed
+    status: str | None = None  # the response's final status: completed, incomplete (token cap), cancelled, failed
     speech_end_at: float | None = None  # time.monotonic() of the end of the user's speech
     speech_end_source: str | None = None  # "mic level", "server VAD" or "push-to-talk key"
     latency_ms: float | None = None  # voice-to-voice, see voice_latency
