@@ -36,6 +36,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="memory for copies of the embedded LLM's KV cache, kept when another session's request "
                             "displaces a conversation, so its next turn need not evaluate its history again; for many "
                             "sessions with long conversations, e.g. 256 (default: 0, no copies)")
+    group.add_argument("--llm-slots", type=int, default=0, metavar="N",
+                       help="serve the embedded LLM's requests together, one decode step for all, with a KV cache of "
+                            "its own for each of N conversations (voice/llm_batch.py); 0: one request at a time, "
+                            "in one shared cache (default: 0)")
     group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")
@@ -68,7 +72,7 @@ def _model_options(args: argparse.Namespace):
                         asr_window_padding_s=args.asr_window or None,
                         llm_gguf=args.llm_gguf, llm_url=args.llm_url, llm_model=args.llm_model,
                         llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers,
-                        llm_cache_copies_mib=args.llm_cache_copies_mib, tts=args.tts,
+                        llm_cache_copies_mib=args.llm_cache_copies_mib, llm_slots=args.llm_slots, tts=args.tts,
                         piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,

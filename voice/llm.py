@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from voxloop.voice.chat_prompt import ChatPrompt, sentence_end_mass
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.kv_snapshots import KVSnapshots, common_prefix_length
 from voxloop.voice.threaded import iterate_in_thread
@@ -140,30 +141,12 @@ class LlamaCppLLM:
         # Real requests submitted to the worker and not yet started: a pre-warm yields to them.
         self._requests_waiting = 0
         self._waiting_lock = threading.Lock()
-        self._prompt_formatter = self._chat_template_formatter()
-        self._message_end: int | None = None
-        self._sentence_ends: np.ndarray | None = None
-
-    def _chat_template_formatter(self):
-        """The formatter `create_chat_completion` uses when the GGUF carries its chat template
-        (None for other chat formats: pre-warming is then off, as its tokens could not be matched)."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = self.llama.metadata.get("tokenizer.chat_template")
-        if self.llama.chat_handler is not None or self.llama.chat_format != "chat_template.default" or not template:
-            return None
-        model = self.llama._model
-        eos, bos = model.token_eos(), model.token_bos()
-        return Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
-                                   bos_token=model.token_get_text(bos) if bos != -1 else "", add_generation_prompt=False)
+        self.chat = ChatPrompt(self.llama)
 
     def prompt_prefix_tokens(self, messages: list[dict[str, str]]) -> list[int] | None:
         """The tokens a chat prompt starting with `messages` begins with, tokenized as
         `create_chat_completion` does (None when the chat format is not the GGUF's template)."""
-        if self._prompt_formatter is None or not messages:
-            return None
-        result = self._prompt_formatter(messages=messages)
-        return self.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        return self.chat.prefix_tokens(messages)
 
     @contextmanager
     def _queued_request(self) -> Iterator[Callable[[], None]]:
@@ -220,11 +203,9 @@ class LlamaCppLLM:
         them, so a reply to the same prompt starts from there. None when the chat format is not
         the GGUF's own template (the message's end token is then unknown), or when the model,
         busy with other requests, could not start on it within `start_within_s`."""
-        tokens = self.prompt_prefix_tokens(messages)
-        end = self._message_end_token()
-        if not tokens or end is None or end not in tokens:
+        tokens = self.chat.words_tokens(messages)
+        if not tokens:
             return None
-        tokens = tokens[: len(tokens) - 1 - tokens[::-1].index(end)]  # up to the words, before the message's end
         loop = asyncio.get_running_loop()
         began, abandoned = asyncio.Event(), threading.Event()
         with self._queued_request() as started:
@@ -233,7 +214,7 @@ class LlamaCppLLM:
                 if abandoned.is_set():
                     return None
                 loop.call_soon_threadsafe(began.set)
-                return self._next_token_mass(tokens, self._sentence_end_tokens())
+                return self._next_token_mass(tokens, self.chat.sentence_end_tokens())
 
             scoring = loop.run_in_executor(self._executor, score)
             if start_within_s is not None:
@@ -245,28 +226,6 @@ class LlamaCppLLM:
                     return None
             return await scoring
 
-    def _message_end_token(self) -> int | None:
-        """The token that closes a chat message in this model's template (`<|im_end|>` for ChatML)."""
-        if self._message_end is None and self._prompt_formatter is not None:
-            probe = self._prompt_formatter(messages=[{"role": "user", "content": "x"}]).prompt
-            closing = probe[probe.index("x") + 1:].strip()
-            tokens = self.llama.tokenize(closing.encode("utf-8"), add_bos=False, special=True) if closing else []
-            self._message_end = tokens[0] if tokens else -1
-        return None if self._message_end in (None, -1) else self._message_end
-
-    def _sentence_end_tokens(self) -> np.ndarray:
-        """Which vocabulary entries end a sentence: those that start with '.', '?' or '!' (an
-        ellipsis does not), and the message's end token. Built once (about 0.3 s)."""
-        if self._sentence_ends is None:
-            llama = self.llama
-            ends = np.zeros(llama.n_vocab(), dtype=bool)
-            for token in range(llama.n_vocab()):
-                piece = llama.detokenize([token]).decode("utf-8", "ignore").strip()
-                ends[token] = piece[:1] in (".", "?", "!") and not piece.startswith("..")
-            ends[self._message_end_token()] = True
-            self._sentence_ends = ends
-        return self._sentence_ends
-
     def _next_token_mass(self, tokens: list[int], selected: np.ndarray) -> float:
         """Probability mass of the `selected` vocabulary entries as the token after `tokens`,
         evaluating only what the KV cache does not already hold."""
@@ -276,9 +235,7 @@ class LlamaCppLLM:
         kept = min(common_prefix_length(llama._input_ids, tokens), len(tokens) - 1)  # the last token gives the logits
         self._keep_cached(kept)
         llama.eval(tokens[kept:])
-        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
-        probabilities = np.exp(logits - logits.max())
-        return float(probabilities[selected].sum() / probabilities.sum())
+        return sentence_end_mass(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)), selected)
 
     async def prewarm(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> int:
         """Evaluate the prompt prefix `messages` into the KV cache in the background, so the next

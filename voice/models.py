@@ -34,6 +34,7 @@ class ModelOptions:
     llm_api_key_env: str = "VOXLOOP_LLM_API_KEY"
     llm_gpu_layers: int = 0
     llm_cache_copies_mib: int = 0  # copies of displaced KV caches (voice/kv_snapshots.py); 0: none
+    llm_slots: int = 0  # conversations served together, each with its own KV cache (voice/llm_batch.py); 0: one at a time
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
@@ -87,6 +88,11 @@ class CascadeModels:
 def build_llm(options: ModelOptions) -> ChatLLM:
     if options.llm_url:
         return OpenAICompatibleLLM(options.llm_url, options.llm_model, api_key_env=options.llm_api_key_env)
+    if options.llm_slots > 0:
+        from voxloop.voice.llm_batch import BatchedLlamaLLM
+
+        return BatchedLlamaLLM(options.llm_gguf, slots=options.llm_slots, n_threads=options.threads,
+                               n_gpu_layers=options.llm_gpu_layers)
     return LlamaCppLLM(options.llm_gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers,
                        cache_copies_mib=options.llm_cache_copies_mib)
 

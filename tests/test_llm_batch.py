@@ -1,0 +1,143 @@
+"""The batched embedded LLM (voice/llm_batch.py) on the real SmolLM2: every session's request
+decoded together, each conversation in a KV cache of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import aclosing
+
+import pytest
+from llm_conversations import SYSTEM, conversation_after, first_token_stats, next_turn
+
+from voxloop.voice.llm import GenerationSettings
+from voxloop.voice.llm_batch import BatchedLlamaLLM
+
+GREEDY = GenerationSettings(max_tokens=24, temperature=0.0, max_sentences=None)
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture(scope="module")
+def llm():
+    model = BatchedLlamaLLM(slots=2, slot_ctx=1024)
+    yield model
+    model.close()
+
+
+async def reply(llm: BatchedLlamaLLM, messages, settings=GREEDY, stats: dict | None = None) -> str:
+    async with aclosing(llm.stream(messages, settings, stats=stats)) as pieces:
+        return "".join([piece async for piece in pieces])
+
+
+def test_replies_decoded_together_are_the_replies_each_gets_alone(llm):
+    questions = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+                 for text in ("What colour is the sky?", "Name a fruit that is yellow.")]
+
+    async def run():
+        alone = [await reply(llm, messages) for messages in questions]
+        together = await asyncio.gather(*(reply(llm, messages) for messages in questions))
+        return alone, together
+
+    alone, together = asyncio.run(run())
+    assert all(len(text.split()) >= 3 for text in alone), alone
+    assert alone[0] != alone[1]
+    # Greedy decoding: the same words, so neither conversation saw the other's tokens.
+    assert together == alone
+
+
+def test_each_conversation_keeps_its_own_cache_while_another_uses_the_model(llm):
+    mine = conversation_after(4)
+    theirs_messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is your favourite colour?"}]
+
+    async def run():
+        await first_token_stats(llm, next_turn(mine, "And what about nine?"))
+        await reply(llm, theirs_messages)  # the other session's turn, in between
+        return await first_token_stats(llm, next_turn(mine, "And what about ten?"))
+
+    stats = asyncio.run(run())
+    history_tokens = len(llm.prompt_prefix_tokens(mine.next_prompt_prefix(SYSTEM)))
+    assert history_tokens > 100
+    assert stats["llm_cached_tokens"] >= history_tokens  # only the new words were evaluated
+
+
+def test_a_reply_held_by_its_gate_does_not_hold_up_another_conversations_judgment(llm):
+    gate = threading.Event()  # never opened: the reply waits for its first audio
+    words = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "I would like to book a table for two"}]
+
+    async def run():
+        held = llm.stream([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me a story."}],
+                          GenerationSettings(max_tokens=40), gate=gate)
+        first = await held.__anext__()
+        gate.clear()
+        start = time.monotonic()
+        probability = await llm.sentence_end_probability(words, start_within_s=0.5)
+        judged_after = time.monotonic() - start
+        await held.aclose()
+        return first, probability, judged_after
+
+    first, probability, judged_after = asyncio.run(run())
+    assert first
+    assert probability is not None and 0.0 <= probability <= 1.0
+    assert judged_after < 1.5  # the gate's safety net is 2 s: the judgment did not wait for it
+
+
+def test_a_closed_stream_frees_its_slot_and_one_slot_serves_requests_in_turn():
+    async def run():
+        llm = BatchedLlamaLLM(slots=1, slot_ctx=512)
+        try:
+            messages = [{"role": "user", "content": "Count from one to twenty."}]
+            async with aclosing(llm.stream(messages, GenerationSettings(max_tokens=80))) as pieces:
+                async for _ in pieces:
+                    break  # barge-in: the reply is dropped after its first piece
+            both = await asyncio.wait_for(asyncio.gather(reply(llm, messages), reply(llm, messages)), timeout=60)
+            return both, llm._slots[0].owner
+        finally:
+            llm.close()
+
+    both, owner = asyncio.run(run())
+    assert all(both) and both[0] == both[1]
+    assert owner is None
+
+
+def test_judging_the_words_leaves_them_in_the_conversations_cache_for_its_reply(llm):
+    conversation = conversation_after(3)
+    whole = next_turn(conversation, "Tell me about the number eight")
+    half = next_turn(conversation, "Tell me about the")
+
+    async def run():
+        whole_p = await llm.sentence_end_probability(whole)
+        half_p = await llm.sentence_end_probability(half)
+        await llm.sentence_end_probability(whole)
+        stats: dict = {}
+        await reply(llm, next_turn(conversation, "Tell me about the number eight."), stats=stats)
+        return whole_p, half_p, stats
+
+    whole_p, half_p, stats = asyncio.run(run())
+    assert whole_p > 10 * half_p
+    words_tokens = len(llm.chat.words_tokens(whole))
+    assert stats["llm_cached_tokens"] >= words_tokens - 1  # at most the last word's token again, with its full stop
+    assert stats["llm_finish_reason"] in ("stop", "length")
+
+
+def test_a_prewarm_gives_way_to_a_real_request_and_a_capped_one_leaves_a_long_prompt_alone(llm):
+    conversation = conversation_after(6)
+    prefix = conversation.next_prompt_prefix(SYSTEM)
+
+    async def run():
+        stranger = [{"role": "system", "content": "You speak only of the weather."}] + prefix[1:]
+        capped = await llm.prewarm(stranger, max_new_tokens=8)
+        warming = asyncio.ensure_future(llm.prewarm(prefix))
+        await asyncio.sleep(0.02)
+        stats: dict = {}
+        text = await reply(llm, next_turn(conversation, "And what about seven?"), stats=stats)
+        held = await warming
+        return capped, held, text, stats
+
+    capped, held, text, stats = asyncio.run(run())
+    prefix_tokens = len(llm.prompt_prefix_tokens(prefix))
+    assert capped < 10  # it shares only the chat template's first tokens with any cache, and is not evaluated
+    assert 0 < held <= prefix_tokens
+    assert text
+    assert stats["llm_cached_tokens"] >= held - 1  # the reply started from what the pre-warm had done
