@@ -141,3 +141,17 @@ def test_a_prewarm_gives_way_to_a_real_request_and_a_capped_one_leaves_a_long_pr
     assert 0 < held <= prefix_tokens
     assert text
     assert stats["llm_cached_tokens"] >= held - 1  # the reply started from what the pre-warm had done
+
+
+def test_a_new_sessions_words_are_prewarmed_onto_its_system_prompt(llm):
+    system = [{"role": "system", "content": "You are a patient voice assistant who loves the sea."}]
+    words = system + [{"role": "user", "content": "Tell me how the tides"}]
+
+    async def run():
+        held_system = await llm.prewarm(system)
+        held_words = await llm.prewarm(words, max_new_tokens=24)
+        return held_system, held_words
+
+    held_system, held_words = asyncio.run(run())
+    assert held_system == len(llm.prompt_prefix_tokens(system))
+    assert held_words == len(llm.prompt_prefix_tokens(words)) > held_system

@@ -291,7 +291,10 @@ class BatchedLlamaLLM:
         """The slot whose conversation `prompt` continues, if it is free (or, for a real request,
         only pre-warming); otherwise the least recently used free one. None when none can be had now."""
         shared = {slot.seq_id: common_prefix_length(slot.tokens, prompt) for slot in self._slots}
-        continued = [slot for slot in self._slots if shared[slot.seq_id] > common_start]
+        # A slot holding only what the prompt starts with (the system prompt a session pre-warmed)
+        # has nothing of another conversation's to lose.
+        continued = [slot for slot in self._slots if shared[slot.seq_id] > common_start
+                     or (slot.tokens and shared[slot.seq_id] == len(slot.tokens))]
         if continued:
             best = max(continued, key=lambda slot: shared[slot.seq_id])
             if best.owner is None or (real and best.owner.kind == "prewarm"):
@@ -347,7 +350,10 @@ class BatchedLlamaLLM:
                 tokens, wants_logits = [request.next_token], True
             else:
                 remaining = request.prompt[len(slot.tokens):]
-                size = PREWARM_BATCH_TOKENS if request.kind == "prewarm" else PROMPT_CHUNK_TOKENS
+                if request.kind == "prewarm":
+                    size = PREWARM_BATCH_TOKENS
+                else:  # a prompt alone goes in whole: one call costs less than several
+                    size = PROMPT_CHUNK_TOKENS if len(work) > 1 else self._batch._n_tokens
                 tokens = remaining[:size]
                 wants_logits = request.kind != "prewarm" and len(tokens) == len(remaining)
             if batch.n_tokens + len(tokens) > self._batch._n_tokens:
