@@ -15,7 +15,7 @@ from voxloop.bench.wer import word_error_rate
 from voxloop.codecs.audiofile import load_audio
 from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import ConversationItem
-from voxloop.voice.llm import GenerationSettings
+from voxloop.voice.llm import GenerationSettings, LlamaCppLLM
 from voxloop.voice.models import ModelOptions, load_cascade
 from voxloop.voice.session import VoiceSession
 from voxloop.voice.turns import TurnDetectionConfig
@@ -113,7 +113,8 @@ def without_cache_copies(models):
     also bring back what an earlier request or speculation evaluated: for tests that measure
     what a pre-warm alone leaves in the cache."""
     llama = models.llm.llama
-    copies, llama.snapshots = llama.snapshots, None
+    copies = getattr(llama, "snapshots", None)  # the batched LLM keeps each conversation's cache instead
+    llama.snapshots = None
     try:
         yield
     finally:
@@ -271,10 +272,20 @@ def test_the_words_prewarm_waits_for_the_history_and_replaces_only_an_earlier_wo
     assert calls == [("Hello, how can I help?", None), ("What is", 48), ("What is the time", 48)]
 
 
+@pytest.fixture(scope="module")
+def one_request_at_a_time(models):
+    """The models with the LLM that serves one request at a time (`--llm-slots 0`), which another
+    session's request can keep busy."""
+    llm = LlamaCppLLM()
+    yield replace(models, llm=llm)
+    llm.close()
+
+
 @pytest.mark.parametrize("judge_by_words", [True, False])
-def test_a_busy_llm_does_not_hold_the_pause_to_the_longest_hold(models, judge_by_words):
+def test_a_busy_llm_does_not_hold_the_pause_to_the_longest_hold(one_request_at_a_time, judge_by_words):
     """Another session's request keeps the LLM's one worker busy past the pause: the words alone
     judge them, and the turn ends after silence_duration_ms."""
+    models = one_request_at_a_time
     audio = np.concatenate([load_audio(clip("arctic_a0039_1592747680").path, RATE), np.zeros(RATE, np.float32)])
     turns = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=900, unpunctuated_silence_ms=900,
                                 judge_by_words_when_llm_busy=judge_by_words)
