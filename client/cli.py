@@ -35,11 +35,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-cache-copies-mib", type=int, default=0, metavar="MIB",
                        help="memory for copies of the embedded LLM's KV cache, kept when another session's request "
                             "displaces a conversation, so its next turn need not evaluate its history again; for many "
-                            "sessions with long conversations, e.g. 256 (default: 0, no copies)")
-    group.add_argument("--llm-slots", type=int, default=0, metavar="N",
+                            "sessions with long conversations, e.g. 256, with --llm-slots 0 (default: 0, no copies)")
+    group.add_argument("--llm-slots", type=int, default=4, metavar="N",
                        help="serve the embedded LLM's requests together, one decode step for all, with a KV cache of "
-                            "its own for each of N conversations (voice/llm_batch.py); 0: one request at a time, "
-                            "in one shared cache (default: 0)")
+                            "its own for each of N conversations; more sessions than that take turns in the caches "
+                            "(default: 4; 0: one request at a time, in one shared cache)")
     group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")

@@ -124,10 +124,14 @@ def without_cache_copies(models):
 def test_the_llm_prewarm_has_the_history_evaluated_before_the_user_stops_speaking(models):
     """The first turn of a session with history: the prompt's start is evaluated while the user
     speaks, so the speculative reply's request finds all but the new words in the KV cache."""
-    history = []
-    for turn in range(6):
-        history += [ConversationItem(f"u{turn}", "user", f"Tell me one thing about the number {turn}."),
-                    ConversationItem(f"a{turn}", "assistant", f"The number {turn} comes right after {turn - 1}, of course.")]
+    def history(topic: str) -> list[ConversationItem]:
+        """Six turns about `topic`: a history that no cache holds yet."""
+        items = []
+        for turn in range(6):
+            items += [ConversationItem(f"u{turn}", "user", f"Tell me one thing about {topic} number {turn}."),
+                      ConversationItem(f"a{turn}", "assistant", f"{topic.capitalize()} {turn} comes after {turn - 1}, of course.")]
+        return items
+
     speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
     audio = np.concatenate([speech, np.zeros(3 * RATE, np.float32)])
 
@@ -142,11 +146,12 @@ def test_the_llm_prewarm_has_the_history_evaluated_before_the_user_stops_speakin
         # The words-only rule: the LLM rule's judgment would evaluate the prompt itself, before the reply.
         turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, unfinished_rule="evidence")
         with without_cache_copies(models):
-            events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm=prewarm), history=history,
-                                 slowdown=3.0)
+            events = run_session(models, audio, turns, config=SessionConfig(llm_prewarm=prewarm),
+                                 history=history("the pebble" if prewarm else "the feather"), slowdown=3.0)
         found[prewarm] = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     cold, warm = found[False], found[True]
-    assert cold["llm_cached_tokens"] < 10 < 200 < cold["llm_prompt_tokens"]
+    # Cold: at most the system prompt was cached (a slot that held it), none of the history.
+    assert cold["llm_prompt_tokens"] > 200 and cold["llm_cached_tokens"] < 60, cold
     assert warm["llm_prompt_tokens"] - warm["llm_cached_tokens"] < 40  # only the user's new words were left
 
 

@@ -1,7 +1,8 @@
 """Loading, warming and sharing the models of the cascade.
 
 Loaded once per server and shared by every session. Each model has one worker thread (see
-the backends), so concurrent sessions queue instead of racing inside a model.
+the backends), so concurrent sessions queue instead of racing inside a model; the embedded LLM's
+worker decodes every session's request in one step (voice/llm_batch.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ class ModelOptions:
     llm_api_key_env: str = "VOXLOOP_LLM_API_KEY"
     llm_gpu_layers: int = 0
     llm_cache_copies_mib: int = 0  # copies of displaced KV caches (voice/kv_snapshots.py); 0: none
-    llm_slots: int = 0  # conversations served together, each with its own KV cache (voice/llm_batch.py); 0: one at a time
+    # Conversations the embedded LLM serves together, one decode step for all, each with its own KV
+    # cache (voice/llm_batch.py); 0: one request at a time in one shared cache (voice/llm.py).
+    # At 4 sessions p50 0.70, p95 0.60; at one session no change (bench/RESULTS.md, `llm-slots`).
+    llm_slots: int = 4
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
