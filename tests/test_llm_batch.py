@@ -155,3 +155,12 @@ def test_a_new_sessions_words_are_prewarmed_onto_its_system_prompt(llm):
     held_system, held_words = asyncio.run(run())
     assert held_system == len(llm.prompt_prefix_tokens(system))
     assert held_words == len(llm.prompt_prefix_tokens(words)) > held_system
+
+
+def test_a_reply_ends_at_a_control_token_as_at_the_end_of_its_message(llm):
+    tokenize = llm.llama.tokenize
+    opens_message = tokenize(b"<|im_start|>", add_bos=False, special=True)
+    assert len(opens_message) == 1
+    assert llm.ends_reply(llm.chat.message_end_token())
+    assert llm.ends_reply(opens_message[0])  # the model opening the next message has finished its own
+    assert not any(llm.ends_reply(token) for token in tokenize(b" assistant. Hello", add_bos=False, special=False))

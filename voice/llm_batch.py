@@ -185,8 +185,7 @@ class BatchedLlamaLLM:
             return 0
         items: asyncio.Queue = asyncio.Queue()
         request = _Request("prewarm", prefix[: self.slot_ctx - PREWARM_BATCH_TOKENS], self._common_start(messages),
-                           _deliverer(items),
-                           max_new_tokens=max_new_tokens)
+                           _deliverer(items), max_new_tokens=max_new_tokens)
         self._submit(request)
         try:
             kind, value = await items.get()
@@ -388,12 +387,19 @@ class BatchedLlamaLLM:
                 else:
                     self._sample(request, index)
 
-    def _sample(self, request: _Request, index: int) -> None:
-        from llama_cpp import llama_vocab_is_eog
+    def ends_reply(self, token: int) -> bool:
+        """An end-of-generation token, or any other control token: SmolLM2 sometimes opens the
+        next chat message (`<|im_start|>`) instead of closing its own, and the reply went on to
+        say "assistant" and a second answer."""
+        from llama_cpp import llama_vocab_is_control, llama_vocab_is_eog
 
+        vocab = self.llama._model.vocab
+        return llama_vocab_is_eog(vocab, token) or llama_vocab_is_control(vocab, token)
+
+    def _sample(self, request: _Request, index: int) -> None:
         token = request.sampler.sample(self._ctx, index)
         request.held_since = None
-        if llama_vocab_is_eog(self.llama._model.vocab, token):
+        if self.ends_reply(token):
             return self._end(request, "stop")
         request.generated += 1
         request.pending_bytes += self.llama._model.detokenize([token])
