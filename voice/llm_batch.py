@@ -170,10 +170,7 @@ class BatchedLlamaLLM:
                     await asyncio.wait_for(began.wait(), start_within_s)
                 except TimeoutError:
                     return None
-            kind, value = await items.get()
-            if kind == "error":
-                raise value
-            return value
+            return await _answer(items)
         finally:
             self._drop(request)
 
@@ -188,10 +185,7 @@ class BatchedLlamaLLM:
                            _deliverer(items), max_new_tokens=max_new_tokens)
         self._submit(request)
         try:
-            kind, value = await items.get()
-            if kind == "error":
-                raise value
-            return value
+            return await _answer(items)
         finally:
             self._drop(request)
 
@@ -429,6 +423,14 @@ def _complete_utf8(request: _Request) -> str:
         return text
     request.pending_bytes = b""
     return data.decode("utf-8", "replace")
+
+
+async def _answer(items: asyncio.Queue):
+    """The one answer a score or pre-warm request delivers (the error it delivers is raised)."""
+    kind, value = await items.get()
+    if kind == "error":
+        raise value
+    return value
 
 
 def _deliverer(items: asyncio.Queue) -> Callable[[tuple], None]:
