@@ -164,3 +164,16 @@ def test_a_reply_ends_at_a_control_token_as_at_the_end_of_its_message(llm):
     assert llm.ends_reply(llm.chat.message_end_token())
     assert llm.ends_reply(opens_message[0])  # the model opening the next message has finished its own
     assert not any(llm.ends_reply(token) for token in tokenize(b" assistant. Hello", add_bos=False, special=False))
+
+
+def test_a_gguf_without_its_own_chat_template_is_served_one_request_at_a_time(monkeypatch):
+    from voxloop.voice.chat_prompt import ChatPrompt
+    from voxloop.voice.llm import LlamaCppLLM
+    from voxloop.voice.models import ModelOptions, build_llm
+
+    assert isinstance(batched := build_llm(ModelOptions()), BatchedLlamaLLM)
+    batched.close()
+    monkeypatch.setattr(ChatPrompt, "available", property(lambda self: False))
+    llm = build_llm(ModelOptions())
+    assert isinstance(llm, LlamaCppLLM)
+    llm.close()

@@ -7,6 +7,7 @@ worker decodes every session's request in one step (voice/llm_batch.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import aclosing
@@ -21,6 +22,8 @@ from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICo
 from voxloop.voice.priority_worker import PriorityWorker
 from voxloop.voice.tts import PiperSynthesizer, SpeechSynthesizer
 from voxloop.voice.vad import SileroVAD
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,8 +98,13 @@ def build_llm(options: ModelOptions) -> ChatLLM:
     if options.llm_slots > 0:
         from voxloop.voice.llm_batch import BatchedLlamaLLM
 
-        return BatchedLlamaLLM(options.llm_gguf, slots=options.llm_slots, n_threads=options.threads,
-                               n_gpu_layers=options.llm_gpu_layers)
+        batched = BatchedLlamaLLM(options.llm_gguf, slots=options.llm_slots, n_threads=options.threads,
+                                  n_gpu_layers=options.llm_gpu_layers)
+        if batched.chat.available:
+            return batched
+        # Its prompts are built from the GGUF's own chat template; other chat formats go one at a time.
+        batched.close()
+        log.warning("%s has no chat template of its own: its requests are served one at a time", batched.name)
     return LlamaCppLLM(options.llm_gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers,
                        cache_copies_mib=options.llm_cache_copies_mib)
 
