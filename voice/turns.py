@@ -80,8 +80,9 @@ class TurnDetectionConfig:
 # probability and Whisper's punctuation) decides, and eagerness sets how long each verdict waits.
 # "high" ends a clearly finished sentence after 200 ms and starts the reply after 100 ms of
 # silence: on the H100 p50 0.66x, with 3 of 8 turns cut before the speaker finished against 1 of 8
-# (bench/RESULTS.md, "The cascade on a GPU", session 5); on a CPU too slow to finish the turn's
-# work inside the pause it buys nothing. "auto" and "medium" are server_vad's defaults. "low" is
+# (bench/RESULTS.md, "The cascade on a GPU", session 5); on the 2-core Xeon, now that the turn's
+# work about fits the pause, p50 0.86 with 18 of 32 turns cut at a mid-sentence pause against 15
+# (`semantic-high-xeon`, session 10). "auto" and "medium" are server_vad's defaults. "low" is
 # not measured: it only waits longer, which costs latency by construction.
 SEMANTIC_EAGERNESS: dict[str, dict[str, int | float]] = {
     "low": {"silence_duration_ms": 800, "unfinished_silence_ms": 1500, "unpunctuated_silence_ms": 1500},
