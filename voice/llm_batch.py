@@ -271,7 +271,8 @@ class BatchedLlamaLLM:
                 if new == 0 or (request.max_new_tokens is not None and new > request.max_new_tokens):
                     request.deliver(("held", kept))
                     continue
-            kept = min(kept, len(request.prompt) - 1) if request.kind != "prewarm" else kept  # fresh logits
+            else:  # its last prompt token is evaluated again, for fresh logits to score or sample
+                kept = min(kept, len(request.prompt) - 1)
             self._ctx.kv_cache_seq_rm(slot.seq_id, kept, -1)
             del slot.tokens[kept:]
             slot.owner, slot.last_used = request, time.monotonic()
