@@ -12,13 +12,16 @@ import os
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from voxloop.voice.asr import WINDOW_PADDING_S, Transcript, WhisperTranscriber
-from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICompatibleLLM
+from voxloop.voice.errors import ModelNotFoundError
+from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICompatibleLLM, bundled_gguf_path
+from voxloop.voice.llm_quant import quant_for, requantized
 from voxloop.voice.priority_worker import PriorityWorker
 from voxloop.voice.tts import PiperSynthesizer, SpeechSynthesizer
 from voxloop.voice.vad import SileroVAD
@@ -42,6 +45,9 @@ class ModelOptions:
     # cache (voice/llm_batch.py); 0: one request at a time in one shared cache (voice/llm.py).
     # At 4 sessions p50 0.70, p95 0.60; at one session no change (bench/RESULTS.md, `llm-slots`).
     llm_slots: int = 4
+    # The GGUF's weights as llama.cpp's fast CPU kernels want them (voice/llm_quant.py): "auto" re-quantizes
+    # the bundled Q4_1 model to Q6_K, once, and uses a GGUF you name as it is; "none" never converts.
+    llm_quant: str = "auto"
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
@@ -95,18 +101,28 @@ class CascadeModels:
 def build_llm(options: ModelOptions) -> ChatLLM:
     if options.llm_url:
         return OpenAICompatibleLLM(options.llm_url, options.llm_model, api_key_env=options.llm_api_key_env)
+    gguf = llm_gguf_path(options)
     if options.llm_slots > 0:
         from voxloop.voice.llm_batch import BatchedLlamaLLM
 
-        batched = BatchedLlamaLLM(options.llm_gguf, slots=options.llm_slots, n_threads=options.threads,
+        batched = BatchedLlamaLLM(gguf, slots=options.llm_slots, n_threads=options.threads,
                                   n_gpu_layers=options.llm_gpu_layers)
         if batched.chat.available:
             return batched
         # Its prompts are built from the GGUF's own chat template; other chat formats go one at a time.
         batched.close()
         log.warning("%s has no chat template of its own: its requests are served one at a time", batched.name)
-    return LlamaCppLLM(options.llm_gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers,
+    return LlamaCppLLM(gguf, n_threads=options.threads, n_gpu_layers=options.llm_gpu_layers,
                        cache_copies_mib=options.llm_cache_copies_mib)
+
+
+def llm_gguf_path(options: ModelOptions) -> str:
+    """The GGUF the embedded LLM loads: the named or bundled one, re-quantized as `llm_quant` says."""
+    source = Path(options.llm_gguf or bundled_gguf_path()).expanduser()
+    if not source.is_file():
+        raise ModelNotFoundError(f"GGUF model file {source} does not exist")
+    quant = quant_for(options.llm_quant, bundled=options.llm_gguf is None)
+    return str(requantized(source, quant)) if quant else str(source)
 
 
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:
@@ -120,6 +136,13 @@ def build_tts(options: ModelOptions) -> SpeechSynthesizer:
                                stream_chunk_size=options.xtts_chunk_tokens,
                                half_precision=options.xtts_half)
     raise ValueError(f"unknown TTS backend {options.tts!r} (available: piper, xtts)")
+
+
+def _llm_label(options: ModelOptions) -> str:
+    if options.llm_url:
+        return options.llm_url
+    quant = quant_for(options.llm_quant, bundled=options.llm_gguf is None)
+    return (options.llm_gguf or "bundled SmolLM2-135M-Instruct") + (f", as {quant}" if quant else "")
 
 
 def _tts_label(options: ModelOptions) -> str:
@@ -156,7 +179,7 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
     steps = [
         ("Silero VAD", lambda: SileroVAD()),
         (f"Whisper ({options.asr_model or 'bundled tiny.en'})", lambda: whisper(asr_threads)),
-        (f"LLM ({options.llm_url or options.llm_gguf or 'bundled SmolLM2-135M-Instruct'})", lambda: build_llm(options)),
+        (f"LLM ({_llm_label(options)})", lambda: build_llm(options)),
         (f"TTS ({_tts_label(options)})", lambda: build_tts(options)),
     ]
     if options.separate_partial_asr and options.asr_device == "cpu":
