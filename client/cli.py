@@ -183,6 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    model_name=models.name, transcription_model=NO_TRANSCRIPTION)
         else:
             generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None,
+                                            first_clause_phrases=args.first_clause_phrases,
                                             first_audio_first=args.first_audio_first,
                                             max_sentences=args.reply_sentences or None,
                                             repeat_penalty=args.repeat_penalty)
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--first-clause-chars", type=int, default=GenerationSettings().first_clause_max_chars,
                        help="cut the reply's first clause for TTS by this many characters even without punctuation; "
                             "0: only at punctuation (default: %(default)s)")
+    turns.add_argument("--first-clause-phrases", action=argparse.BooleanOptionalAction,
+                       default=GenerationSettings.first_clause_phrases,
+                       help="from 12 characters on, also end the first clause after the first word that does not lead "
+                            "into the next ('I'm glad | you asked', never 'Here's a | revised') (default: %(default)s)")
     turns.add_argument("--reply-sentences", type=int, default=GenerationSettings.max_sentences,
                        help="under the default instructions, end a reply after this many whole sentences (a client's "
                             "own instructions lift the limit); 0: no limit (default: %(default)s)")

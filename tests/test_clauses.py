@@ -52,3 +52,31 @@ def test_a_long_first_sentence_is_cut_at_a_word_boundary_when_capped():
     assert capped[0] == "I think that the weather over the"
     assert len(capped[0]) <= 40 and " ".join(capped) == text
     assert stream(text, ClauseChunker())[0] == text.split(". ")[0] + "."
+
+
+def test_the_first_clause_can_end_at_a_phrase_from_twelve_characters():
+    chunker = ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True)
+    assert stream("I'm glad to hear that you asked about the weather.", chunker)[0] == "I'm glad to hear"
+    # Only once the next word has begun is the last one known to be whole.
+    chunker = ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True)
+    assert chunker.push("The scenery looks") == []
+    assert chunker.push(" lovely") == ["The scenery looks"]
+
+
+def test_a_phrase_never_ends_on_a_word_that_leads_into_the_next():
+    first = [stream(text, ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True))[0]
+             for text in ("Here's a revised version of your sentence.", "When it comes to the use of ugly ones.",
+                          "A man has been unable to reap any advantage.", "Your sentence is clear, but short.")]
+    assert first == ["Here's a revised", "When it comes", "A man has been unable", "Your sentence"]
+
+
+def test_at_the_cap_the_first_clause_ends_at_the_last_phrase_that_fits():
+    text = "The answer to that question is no."
+    assert stream(text, ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True))[0] == "The answer"
+    assert stream(text, ClauseChunker(first_clause_max_chars=24))[0] == "The answer to that"
+
+
+def test_phrases_only_shape_the_first_clause():
+    text = "Sure thing, my friend. The capital of France is Paris and it is lovely in the spring."
+    assert stream(text, ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True)) == [
+        "Sure thing, my friend.", "The capital of France is Paris and it is lovely in the spring."]

@@ -90,7 +90,8 @@ class CascadeResponder:
 
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
                              gate: threading.Event | None) -> None:
-        chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars)
+        chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars,
+                                first_clause_phrases=settings.first_clause_phrases)
         limit = SpokenReplyLimit(settings.max_sentences)
         try:
             # Leaving the loop early closes the stream, which stops the LLM at its next token.

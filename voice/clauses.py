@@ -13,15 +13,31 @@ _SENTENCE_END = ".!?"
 _CLAUSE_END = ",;:"
 # Words whose trailing period does not end a sentence.
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx"}
+# Words that lead into the next one. TTS speaks each clause as a whole utterance, ending it with a
+# fall, so a first clause that stops on one ("Here's a", "When it comes to the") sounds broken off.
+_LEADING_WORDS = frozenset("""
+    a an the this that these those my your his her its our their some any no every each
+    of to in on at for with by from about into onto over under as than like
+    and or but nor so if because when while where who whom whose which what how
+    is are was were be been being am has have had do does did
+    will would shall should can could may might must
+    i you he she it we they there here not very more most just
+    i'm you're he's she's it's we're they're there's here's that's what's let's
+    i'll you'll he'll she'll we'll they'll i've you've we've they've i'd you'd we'd
+    don't doesn't didn't can't won't isn't aren't wasn't weren't
+""".split())
 
 
 class ClauseChunker:
     def __init__(self, first_clause_min_chars: int = 12, clause_min_chars: int = 60, max_chars: int = 220,
-                 first_clause_max_chars: int | None = None):
+                 first_clause_max_chars: int | None = None, first_clause_phrases: bool = False):
         """`first_clause_max_chars`: cut the first clause at a word boundary by this length even
-        without punctuation, so a long opening sentence does not hold back the first audio."""
+        without punctuation, so a long opening sentence does not hold back the first audio.
+        `first_clause_phrases`: from `first_clause_min_chars` on, also cut it after the first word
+        that does not lead into the next ("I'm glad | you asked", not "Here's a | revised")."""
         self.first_clause_min_chars = first_clause_min_chars
         self.first_clause_max_chars = first_clause_max_chars or max_chars
+        self.first_clause_phrases = first_clause_phrases
         self.clause_min_chars = clause_min_chars
         self.max_chars = max_chars
         self._buffer = ""
@@ -71,12 +87,17 @@ class ClauseChunker:
                 if not self._emitted_any:
                     return i + 1
                 last_clause_cut = i + 1
+            elif (self.first_clause_phrases and not self._emitted_any
+                  and min_chars <= len(text[: i + 1].strip()) <= self.first_clause_max_chars and _ends_phrase(text[: i + 1])):
+                return i + 1
         max_chars = self.max_chars if self._emitted_any else self.first_clause_max_chars
         if len(text) >= max_chars:
             if last_clause_cut is not None:
                 return last_clause_cut
-            space = text.rfind(" ", 0, max_chars)
-            return space + 1 if space > 0 else max_chars
+            spaces = [i for i, ch in enumerate(text[:max_chars]) if ch == " " and text[:i].strip()]
+            if self.first_clause_phrases and not self._emitted_any:  # the last phrase end that fits, if any
+                spaces = [i for i in spaces if _ends_phrase(text[:i])] or spaces
+            return spaces[-1] + 1 if spaces else max_chars
         return None
 
     @staticmethod
@@ -86,6 +107,12 @@ class ClauseChunker:
             return False
         word = match.group(1).lower()
         return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def _ends_phrase(text: str) -> bool:
+    """The text's last word does not lead into the next one."""
+    words = text.split()
+    return bool(words) and words[-1].strip("\"'()").replace("\u2019", "'").lower() not in _LEADING_WORDS
 
 
 _MARKUP = re.compile(r"[*_`#>~|\[\]]+")

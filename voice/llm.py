@@ -45,6 +45,9 @@ class GenerationSettings:
     # even without punctuation (None: only at punctuation or 220 characters). Piper speaks a
     # whole clause at once, so its length is time the user waits (24 vs 48: p50 0.96, p95 0.94).
     first_clause_max_chars: int | None = 24
+    # ... and from 12 characters on, after the first word that does not lead into the next, so that
+    # the first clause is a short phrase that sounds whole ("I'm glad | you asked").
+    first_clause_phrases: bool = True
     # Hold the LLM once the first clause is written until TTS has its first audio: on a small
     # CPU the two share the cores, and the first audio is what the user is waiting for.
     first_audio_first: bool = True
