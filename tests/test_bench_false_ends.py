@@ -92,14 +92,15 @@ def test_the_summary_counts_replies_the_token_cap_cut_mid_sentence():
 
 
 def test_the_chain_table_gives_each_step_after_the_previous_one_and_when_the_audio_was_ready():
-    marks = dict(speech_paused_ms=-340, transcript_final_ms=-180, llm_start_ms=-150, llm_first_token_ms=-115,
+    marks = dict(speech_paused_ms=-340, asr_started_ms=-320, transcript_final_ms=-180, llm_start_ms=-150, llm_first_token_ms=-115,
                  llm_first_clause_ms=-60, tts_first_audio_ms=20)
     later = {name: ms + 100 for name, ms in marks.items()}
     table = chain_table({"A": [turn("a", 600, **marks), turn("b", 650, **later), turn("c", 700)],
                          "B": [turn("d", 500, **{**marks, "llm_first_token_ms": None})]}).splitlines()
     rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in table[2:]}
     assert rows["pause reported (eager start), relative to `speech_stopped`"] == ["-290", "-340"]
-    assert rows["Whisper"] == ["160", "160"]
+    assert rows["Whisper waiting for the model"] == ["20", "20"]
+    assert rows["Whisper"] == ["140", "140"]
     # a missing mark leaves out only the steps on either side of it
     assert rows["first token"] == ["35", "–"] and rows["first clause"] == ["55", "–"]
     assert rows["first audio ready, relative to `speech_stopped`"] == ["70", "20"]

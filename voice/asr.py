@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Transcript:
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
     rejected: str | None = None  # why the text was judged a hallucination, if it was
+    started: float | None = None  # time.monotonic() when the pass began: before it, it waited for the model
 
 
 def bundled_whisper_path() -> str:
@@ -87,15 +89,16 @@ class WhisperTranscriber:
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Blocking: run it off the event loop."""
+        started = time.monotonic()
         audio = np.asarray(audio, dtype=np.float32)
         seconds = audio.size / SAMPLE_RATE
         if audio.size < SAMPLE_RATE // 10:
-            return Transcript("", seconds, rejected="shorter than 100 ms")
+            return Transcript("", seconds, rejected="shorter than 100 ms", started=started)
         if self.window_padding_s is not None and seconds + self.window_padding_s < 30:
             text, no_speech, logprob = self._decode_short_window(audio)
         else:
             text, no_speech, logprob = self._decode_standard(audio)
-        transcript = Transcript(text, seconds, no_speech, logprob)
+        transcript = Transcript(text, seconds, no_speech, logprob, started=started)
         transcript.rejected = hallucination_reason(transcript) if text else "no words"
         if transcript.rejected:
             transcript.text = ""

@@ -225,7 +225,7 @@ class VoiceSession:
         hold_ms = turn_detection.silence_duration_ms if turn_detection else 0
         try:
             transcript = await self.models.transcribe(speculation.audio)
-            speculation.marks["transcript_final"] = time.monotonic()
+            speculation.marks.update(transcript_final=time.monotonic(), asr_started=transcript.started)
             if turn_detection is None:
                 return transcript
             probability = None
@@ -600,8 +600,8 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     if "asr_audio_s" in marks:
         timings["asr_audio_s"] = round(marks["asr_audio_s"], 3)
     # Why a turn was slow: optional, present when the path knows them.
-    for name in ("speech_paused", "llm_start", "llm_first_clause"):
-        if name in marks:
+    for name in ("speech_paused", "asr_started", "llm_start", "llm_first_clause"):
+        if marks.get(name) is not None:
             timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
     for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",
                  "llm_cached_tokens", "reply_end"):
