@@ -191,8 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                     generation=replace(generation),
                                                                                     history_window=args.history_window,
                                                                                     llm_prewarm=args.llm_prewarm,
-                                                                                    llm_prewarm_words=args.llm_prewarm_words,
-                                                                                    reuse_pause_transcripts=args.reuse_pause_transcripts)),
+                                                                                    llm_prewarm_words=args.llm_prewarm_words)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -307,10 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--llm-prewarm-words", action=argparse.BooleanOptionalAction, default=SessionConfig.llm_prewarm_words,
                        help="with --llm-prewarm, also evaluate the user's words as the partial transcripts settle them, "
                             "while the user is still speaking (default: %(default)s)")
-    turns.add_argument("--reuse-pause-transcripts", action=argparse.BooleanOptionalAction,
-                       default=SessionConfig.reuse_pause_transcripts,
-                       help="keep the transcript of a pause the user went on after (at least 2 s in), so that the turn's "
-                            "next Whisper pass takes only the audio after it (default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

@@ -13,7 +13,7 @@ import pytest
 
 from voxloop.bench.wer import word_error_rate
 from voxloop.codecs.audiofile import load_audio
-from voxloop.voice.asr import Transcript, WhisperTranscriber, hallucination_reason, joined, without_restart
+from voxloop.voice.asr import Transcript, WhisperTranscriber, hallucination_reason, without_restart
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.llm import GenerationSettings, LlamaCppLLM
 from voxloop.voice.tts import OUTPUT_RATE, PiperSynthesizer
@@ -73,25 +73,6 @@ def test_short_window_decoding_agrees_with_the_standard_30_s_window(clips):
         standard_wer = word_error_rate(reference, standard.transcribe(audio).text)
         # At most one word worse on these 7-22 word clips ("I am" -> "I'm" is one).
         assert word_error_rate(reference, short.transcribe(audio).text) <= standard_wer + 0.26
-
-
-def test_two_passes_cut_in_a_pause_read_as_one():
-    prefix = Transcript("He hoped there would be stew for dinner.", 2.5, started=1.0)
-    tail = Transcript("turnips and carrots.", 2.0, 0.1, -0.2, started=5.0)
-    whole = joined(prefix, tail)
-    assert whole.text == "He hoped there would be stew for dinner, turnips and carrots."
-    assert (whole.audio_seconds, whole.started, whole.rejected) == (4.5, 5.0, None)
-    assert joined(prefix, Transcript("But he could wait.", 1.0)).text == "He hoped there would be stew for dinner. But he could wait."
-    assert joined(Transcript("And so...", 2.0), Transcript("we went.", 1.0)).text == "And so... we went."
-    assert joined(prefix, Transcript("", 1.0, rejected="no words")).text == prefix.text
-
-
-def test_the_words_after_a_pause_transcribed_alone_join_the_words_before_it(whisper, clips):
-    """The pass after a pause the user went on after takes only the audio after it (voice/session.py)."""
-    audio = load_audio(clips["1089-134691-0001"].path, 16000)  # "For a full hour ... waiting, but he could wait no longer."
-    cut = int(3.3 * 16000)  # in the pause after "waiting" (3.07-3.52 s)
-    two_passes = joined(whisper.transcribe(audio[:cut]), whisper.transcribe(audio[cut:]))
-    assert word_error_rate(clips["1089-134691-0001"].transcript, two_passes.text) <= 0.07, two_passes.text
 
 
 def test_a_transcript_started_over_keeps_its_first_telling():

@@ -74,9 +74,6 @@ def test_a_mid_turn_pause_shorter_than_the_hangover_keeps_one_turn_and_its_specu
     assert kinds.count("response.created") == 1
     timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     assert timings["speculations"] == 2  # one per pause: the first was dropped when speech resumed
-    # ... but its transcript was kept: the last pass transcribed only the audio after the pause.
-    first_s = first.size / RATE
-    assert first_s < timings["asr_reused_s"] < first_s + 0.4 < timings["asr_audio_s"], timings
 
 
 def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):

@@ -140,17 +140,6 @@ class WhisperTranscriber:
         return text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0
 
 
-def joined(prefix: Transcript, tail: Transcript) -> Transcript:
-    """One utterance transcribed in two passes cut inside a pause: `prefix` up to the cut, `tail`
-    after it. Whisper ends the prefix as a sentence; when the tail goes on in lower case the stop
-    becomes the comma a single pass writes there ("...stew for dinner, turnips and carrots")."""
-    head = prefix.text.rstrip()
-    if tail.text[:1].islower() and head.endswith(".") and not head.endswith(".."):
-        head = head[:-1] + ","
-    return Transcript(f"{head} {tail.text}".strip(), prefix.audio_seconds + tail.audio_seconds, tail.no_speech_prob,
-                      tail.avg_logprob, started=tail.started)
-
-
 def without_restart(text: str) -> str:
     """The text before Whisper started it over: on a window shorter than the 30 s it was trained
     on, the decoder sometimes reaches the end of the speech and then transcribes it again from

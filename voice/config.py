@@ -30,9 +30,6 @@ class SessionConfig:
     # With llm_prewarm, also evaluate the user's words while they speak, as the partial
     # transcripts agree on them, so the turn's prompt is mostly evaluated before the pause.
     llm_prewarm_words: bool = True
-    # A pause the user went on after keeps its transcript, and the turn's next Whisper pass takes
-    # only the audio after it (voice/session.py, MIN_SETTLED_PREFIX_S).
-    reuse_pause_transcripts: bool = True
 
     def reply_settings(self) -> GenerationSettings:
         """The generation settings for a reply. The sentence limit holds the model to the default

@@ -21,7 +21,7 @@ import numpy as np
 from voxloop.codecs.pcm import WIRE_RATE, encode_base64_pcm16
 from voxloop.codecs.resample import StreamResampler
 from voxloop.streaming import events as ev
-from voxloop.voice.asr import Transcript, joined
+from voxloop.voice.asr import Transcript
 from voxloop.voice.cascade import CascadeResponder, SpeechPiece
 from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import Conversation, ConversationItem
@@ -52,13 +52,6 @@ MIN_COMMIT_MS = 100
 # The least a judgment may wait for the LLM to start on it, even past silence_duration_ms: an idle
 # LLM starts within a millisecond, one finishing a pre-warm batch within about 35 ms.
 MIN_JUDGMENT_WAIT_MS = 50
-# A pause the user went on after leaves its transcript behind, and the turn's next pass transcribes
-# only the audio after that pause: Whisper's pass costs in proportion to its audio, and over 10 s
-# turns it was 250-450 ms, the slowest step of the slowest turns. Both sides must be long enough
-# for Whisper alone: on a 0.7 s opening it wrote "printing printing printing". Offline, over the
-# 12 of 32 clips with such a pause: WER 0.044 -> 0.047 (one word), 10 s clips' pass 237 -> 128 ms.
-MIN_SETTLED_PREFIX_S = 2.0
-MIN_TAIL_S = 1.0
 
 
 class SessionError(Exception):
@@ -77,8 +70,6 @@ class UserTurn:
     partials: asyncio.Task | None = None
     speculation: Speculation | None = None
     speculations: int = 0  # started in this turn: more than one means the user paused and went on
-    # The transcription of the turn up to a pause the user went on after: (end sample, Whisper's pass).
-    settled: tuple[int, asyncio.Task] | None = None
 
 
 @dataclass
@@ -177,7 +168,7 @@ class VoiceSession:
             elif isinstance(outcome, SpeechPaused):
                 self._on_speech_paused(outcome.audio_end_ms)
             elif isinstance(outcome, SpeechResumed):
-                self._drop_speculation(user_went_on=True)
+                self._drop_speculation()
             elif isinstance(outcome, SpeechStopped):
                 self._ending_silence_ms = outcome.silence_ms
                 await self._on_speech_stopped(outcome.audio_end_ms)
@@ -222,7 +213,6 @@ class VoiceSession:
         end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
         speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
         speculation.marks["speech_paused"] = time.monotonic()
-        speculation.transcription = asyncio.create_task(self._transcribe_turn(turn, speculation))
         speculation.task = asyncio.create_task(self._speculate(speculation))
         turn.speculation = speculation
         turn.speculations += 1
@@ -230,27 +220,11 @@ class VoiceSession:
         if turn_detection.end_after_judgment:  # until the words are judged, the pause may be a long one
             self._detector.hold_pause(longest_hold(turn_detection))
 
-    async def _transcribe_turn(self, turn: UserTurn, speculation: Speculation) -> Transcript:
-        """The turn's words up to the speculation's end: after the settled transcript, if there is one."""
-        if turn.settled is not None:
-            settled_end, settled = turn.settled
-            if speculation.end_sample - settled_end >= MIN_TAIL_S * SAMPLE_RATE:
-                tail_audio = speculation.audio[settled_end - turn.start_sample:]
-                try:
-                    prefix = await asyncio.shield(settled)
-                except Exception:  # it failed for the earlier pause: this pass takes the whole turn
-                    prefix = None
-                if prefix is not None and prefix.text:
-                    speculation.marks["asr_reused_s"] = round(prefix.audio_seconds, 3)
-                    return joined(prefix, await self.models.transcribe(tail_audio))
-        return await self.models.transcribe(speculation.audio)
-
     async def _speculate(self, speculation: Speculation) -> Transcript:
         turn_detection = self.config.turn_detection
         hold_ms = turn_detection.silence_duration_ms if turn_detection else 0
         try:
-            # Shielded: if the user goes on, Whisper's pass is kept for the turn's next one.
-            transcript = await asyncio.shield(speculation.transcription)
+            transcript = await self.models.transcribe(speculation.audio)
             speculation.marks.update(transcript_final=time.monotonic(), asr_started=transcript.started)
             if turn_detection is None:
                 return transcript
@@ -288,18 +262,10 @@ class VoiceSession:
             log.exception("judging whether the words end a sentence failed")
             return None
 
-    def _drop_speculation(self, user_went_on: bool = False) -> None:
-        """`user_went_on`: the pause it was made for was not the turn's end; its transcript, if
-        long enough, settles the turn's words up to there (UserTurn.settled)."""
-        turn = self._turn
-        if turn is None or turn.speculation is None:
-            return
-        speculation, turn.speculation = turn.speculation, None
-        settles = (user_went_on and self.config.reuse_pause_transcripts and speculation.transcription is not None
-                   and speculation.end_sample - turn.start_sample >= MIN_SETTLED_PREFIX_S * SAMPLE_RATE)
-        if settles:
-            turn.settled = (speculation.end_sample, speculation.transcription)
-        self._spawn(speculation.cancel(keep_transcription=settles))
+    def _drop_speculation(self) -> None:
+        if self._turn is not None and self._turn.speculation is not None:
+            self._spawn(self._turn.speculation.cancel())
+            self._turn.speculation = None
 
     async def _on_speech_stopped(self, audio_end_ms: int) -> None:
         stopped_at = time.monotonic()
@@ -638,7 +604,7 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
         if marks.get(name) is not None:
             timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
     for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",
-                 "llm_cached_tokens", "reply_end", "asr_reused_s"):
+                 "llm_cached_tokens", "reply_end"):
         if name in marks:
             timings[name] = marks[name]
     return timings

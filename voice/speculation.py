@@ -141,15 +141,11 @@ class Speculation:
     audio: np.ndarray
     marks: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None  # transcribes, then may start `reply`; returns the Transcript
-    transcription: asyncio.Task | None = None  # Whisper's pass, which outlives the speculation (UserTurn.settled)
     reply: PrefetchedReply | None = None
     unfinished: str | None = None  # why its transcript sounded unfinished, if it did (the pause was held)
     sentence_end: float | None = None  # the LLM's sentence-end probability for its words (rule "llm")
 
-    async def cancel(self, keep_transcription: bool = False) -> None:
-        """Stop its work; `keep_transcription`: all but Whisper's pass, whose transcript a later pass reuses."""
-        if self.transcription is not None and not keep_transcription:
-            self.transcription.cancel()
+    async def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
