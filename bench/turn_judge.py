@@ -5,7 +5,7 @@ inserted pause, plus 100 ms of silence as the server holds it at that moment, an
 clip. The session's judge scores both: the words-only rule (`unfinished_reason`) and the LLM's
 sentence-end probability. A good judge holds the halves and ends the wholes.
 
-    python -m voxloop.bench.turn_judge [--threshold 0.01]
+    python -m voxloop.bench.turn_judge [--threshold 0.015]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxloop.voice.asr import WINDOW_PADDING_S
+from voxloop.voice.turns import TurnDetectionConfig
 
 RATE = 16000
 HELD_SILENCE_S = 0.1  # what the server holds of the pause when it judges the words (TRAILING_CONTEXT_MS)
@@ -63,10 +64,12 @@ def judge_clips(asr_window_s: float = WINDOW_PADDING_S) -> list[JudgedClip]:
     from voxloop.voice.asr import WhisperTranscriber
     from voxloop.voice.config import DEFAULT_INSTRUCTIONS
     from voxloop.voice.llm import LlamaCppLLM
+    from voxloop.voice.models import ModelOptions, llm_gguf_path
     from voxloop.voice.speculation import unfinished_reason, without_final_punctuation
 
     placements = json.loads((build_paused_clips() / "placements.json").read_text())
-    asr, llm = WhisperTranscriber(window_padding_s=asr_window_s or None), LlamaCppLLM()
+    # The server's LLM: the bundled model as the server loads it (re-quantized, voice/llm_quant.py).
+    asr, llm = WhisperTranscriber(window_padding_s=asr_window_s or None), LlamaCppLLM(llm_gguf_path(ModelOptions()))
 
     async def probability(text: str) -> float | None:
         if not text:
@@ -89,7 +92,8 @@ def judge_clips(asr_window_s: float = WINDOW_PADDING_S) -> list[JudgedClip]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threshold", type=float, default=0.01, help="the LLM rule's sentence-end threshold (default: 0.01)")
+    parser.add_argument("--threshold", type=float, default=TurnDetectionConfig.sentence_end_threshold,
+                        help="the LLM rule's sentence-end threshold (default: %(default)s, the server's)")
     parser.add_argument("--asr-window", type=float, default=WINDOW_PADDING_S, metavar="SECONDS",
                         help="Whisper's silence after the utterance, as `voxloop serve --asr-window` "
                              f"(default: {WINDOW_PADDING_S:g}; 0: the 30 s window)")

@@ -55,7 +55,11 @@ class TurnDetectionConfig:
     # likelier one ends the turn normally, punctuated or not.
     unfinished_rule: str = "llm"
     unpunctuated_silence_ms: int = 900
-    sentence_end_threshold: float = 0.01
+    # Picked offline on the 32 paused clips (`python -m voxloop.bench.turn_judge`), so optimistic:
+    # with the bundled model as the server loads it (Q6_K) 0.015 holds 22 of 32 half sentences and
+    # ends all 32 whole ones (the lowest whole scores 0.020). For the shipped Q4_1 it was 0.01 (21 and
+    # 32); the Q6_K copy scores four halves between 0.010 and 0.014, so at 0.01 it held only 18.
+    sentence_end_threshold: float = 0.015
     # Extension: the pause that ends a turn whose words sound clearly finished, instead of
     # silence_duration_ms (0: off). Clearly finished means two signals agree: Whisper put a
     # final ".", "?" or "!" after them, and the LLM (rule "llm") finds a sentence end after the
