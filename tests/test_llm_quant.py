@@ -43,7 +43,7 @@ def test_auto_converts_only_the_bundled_model():
 def test_the_copy_is_made_once_in_the_requested_type(q6k, cache_dir):
     import llama_cpp
 
-    assert q6k.parent == cache_dir / "gguf" and q6k.suffix == ".gguf"
+    assert q6k.parent.parent == cache_dir / "gguf" and q6k.name == Path(bundled_gguf_path()).stem + "-Q6_K.gguf"
     assert _file_type(q6k) == llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K
     made = q6k.stat().st_mtime_ns
     assert requantized(Path(bundled_gguf_path()), "Q6_K", cache_dir) == q6k
@@ -97,6 +97,12 @@ def test_the_copy_predicts_what_the_shipped_model_predicts(q6k):
     converted.close()
     agreement = np.mean(np.concatenate(expected) == np.concatenate(got))
     assert agreement >= 0.85, f"the re-quantized model picks the shipped model's next token only {agreement:.0%} of the time"
+
+
+def test_without_a_writable_cache_the_shipped_file_is_used(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # a cache under a file cannot be made, even by root
+    assert requantized(Path(bundled_gguf_path()), "Q8_0", blocked / "cache") == Path(bundled_gguf_path())
 
 
 def test_a_missing_gguf_is_a_clear_error(tmp_path):

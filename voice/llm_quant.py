@@ -52,14 +52,19 @@ def requantized(source: Path, quant: str, cache_dir: Path | None = None) -> Path
         return source
     stat = source.stat()
     key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = (cache_dir or default_cache_dir()) / "gguf" / f"{source.stem}.{quant}.{key}.gguf"
+    # The file's stem is the model's name on the wire: "SmolLM2-135M-Instruct.Q4_1-Q6_K".
+    target = (cache_dir or default_cache_dir()) / "gguf" / key / f"{source.stem}-{quant}.gguf"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("re-quantizing %s to %s, once, into %s", source.name, quant, target.parent)
-    # Written beside the target and renamed, so a server starting beside this one never reads half a file.
-    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed, so a server starting beside this one never reads half a file.
+        handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    except OSError as exc:  # no writable cache: slower prompts, but a working server
+        log.warning("cannot write the re-quantized LLM to %s (%s); using %s as it is", target.parent, exc, source.name)
+        return source
     os.close(handle)
+    log.warning("re-quantizing %s to %s, once, into %s", source.name, quant, target.parent)
     try:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
