@@ -1,11 +1,13 @@
-"""Pre-evaluating the next prompt's start on the real embedded LLM, and the prompt accounting
-that shows it (how many prompt tokens a request found in the KV cache)."""
+"""The one-request embedded LLM (voice/llm.py) on the real model: pre-evaluating the next prompt's
+start, the prompt accounting that shows it (how many prompt tokens a request found in the KV
+cache), and the tokens a reply may not sample."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 from llm_conversations import SYSTEM, conversation_after, first_token_stats, next_turn
 
@@ -171,3 +173,14 @@ def test_a_judgment_the_busy_worker_cannot_start_in_time_gives_none_and_leaves_t
     idle, late, after = asyncio.run(run())
     assert late is None
     assert idle is not None and after is not None and abs(after - idle) < 1e-3
+
+
+def test_a_reply_never_opens_the_next_chat_message(llm):
+    """SmolLM2 sometimes samples `<|im_start|>` instead of closing its message: that token is never sampled,
+    the one that closes the message still is."""
+    opening = llm.llama.tokenize(b"<|im_start|>", add_bos=False, special=True)
+    closing = llm.chat.message_end_token()
+    assert len(opening) == 1 and closing is not None
+    scores = llm._without_control_tokens(None, np.zeros(llm.llama.n_vocab(), np.float32))
+    assert np.isneginf(scores[opening[0]]) and scores[closing] == 0
+    assert np.isfinite(scores).sum() > llm.llama.n_vocab() - 64  # only the few control tokens

@@ -63,6 +63,15 @@ class ChatPrompt:
             self._message_end = tokens[0] if tokens else -1
         return None if self._message_end in (None, -1) else self._message_end
 
+    def non_ending_control_tokens(self) -> np.ndarray:
+        """The control tokens that do not end generation (`<|im_start|>` in ChatML): a reply that
+        samples one has started the next chat message instead of ending its own."""
+        from llama_cpp import llama_vocab_is_control, llama_vocab_is_eog
+
+        vocab = self.llama._model.vocab
+        return np.array([token for token in range(self.llama.n_vocab())
+                         if llama_vocab_is_control(vocab, token) and not llama_vocab_is_eog(vocab, token)], dtype=np.intc)
+
     def sentence_end_tokens(self) -> np.ndarray:
         """Which vocabulary entries end a sentence: those that start with '.', '?' or '!' (an
         ellipsis does not), and the message's end token. Built once (about 0.3 s)."""

@@ -145,6 +145,15 @@ class LlamaCppLLM:
         self._requests_waiting = 0
         self._waiting_lock = threading.Lock()
         self.chat = ChatPrompt(self.llama)
+        # SmolLM2 sometimes opens the next message (`<|im_start|>`) instead of closing its own, and
+        # the reply went on as "...a restassistant" and a second answer: llama-cpp-python stops only
+        # at end-of-generation tokens, so the others are never sampled (voice/llm_batch.py ends the
+        # reply at them instead).
+        self._control_tokens = self.chat.non_ending_control_tokens()
+
+    def _without_control_tokens(self, _input_ids, scores: np.ndarray) -> np.ndarray:
+        scores[self._control_tokens] = -np.inf
+        return scores
 
     def prompt_prefix_tokens(self, messages: list[dict[str, str]]) -> list[int] | None:
         """The tokens a chat prompt starting with `messages` begins with, tokenized as
@@ -174,6 +183,8 @@ class LlamaCppLLM:
     async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
                      stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
         def generate(started: Callable[[], None]) -> Iterator[str]:
+            from llama_cpp import LogitsProcessorList
+
             started()
             if stats is not None:
                 stats["llm_start"] = time.monotonic()
@@ -181,6 +192,7 @@ class LlamaCppLLM:
             chunks = self.llama.create_chat_completion(
                 messages=messages, stream=True, max_tokens=settings.max_tokens,
                 temperature=settings.temperature, top_p=settings.top_p, repeat_penalty=settings.repeat_penalty,
+                logits_processor=LogitsProcessorList([self._without_control_tokens]),
             )
             for chunk in chunks:
                 if stats is not None and "llm_prompt_tokens" not in stats and self.llama.last_prompt_tokens is not None:
