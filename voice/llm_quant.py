@@ -48,14 +48,14 @@ def requantized(source: Path, quant: str, cache_dir: Path | None = None) -> Path
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}", None)
     if ftype is None:
         raise ValueError(f"llama.cpp has no quantization type {quant!r}")
-    if _file_type(source) == ftype:
-        return source
     stat = source.stat()
     key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     # The file's stem is the model's name on the wire: "SmolLM2-135M-Instruct.Q4_1-Q6_K".
     target = (cache_dir or default_cache_dir()) / "gguf" / key / f"{source.stem}-{quant}.gguf"
-    if target.is_file():
+    if target.is_file():  # first: reading the source's type costs about 0.4 s of every start
         return target
+    if _file_type(source) == ftype:
+        return source
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed, so a server starting beside this one never reads half a file.
