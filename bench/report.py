@@ -114,7 +114,7 @@ def stage_table(summaries: dict[str, dict]) -> str:
 # speech_stopped (negative: before the turn was confirmed, i.e. speculative work).
 CHAIN = [("speech_paused_ms", "pause reported (eager start)"), ("asr_started_ms", "Whisper waiting for the model"),
          ("transcript_final_ms", "Whisper"),
-         ("llm_start_ms", "LLM judgment and queue"), ("llm_first_token_ms", "first token"),
+         ("llm_start_ms", "LLM queue (and a separate judgment)"), ("llm_first_token_ms", "first token"),
          ("llm_first_clause_ms", "first clause"), ("tts_first_audio_ms", "TTS first audio")]
 
 

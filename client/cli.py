@@ -191,7 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                     generation=replace(generation),
                                                                                     history_window=args.history_window,
                                                                                     llm_prewarm=args.llm_prewarm,
-                                                                                    llm_prewarm_words=args.llm_prewarm_words)),
+                                                                                    llm_prewarm_words=args.llm_prewarm_words,
+                                                                                    judge_in_reply=args.judge_in_reply)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -306,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--llm-prewarm-words", action=argparse.BooleanOptionalAction, default=SessionConfig.llm_prewarm_words,
                        help="with --llm-prewarm, also evaluate the user's words as the partial transcripts settle them, "
                             "while the user is still speaking (default: %(default)s)")
+    turns.add_argument("--judge-in-reply", action=argparse.BooleanOptionalAction, default=SessionConfig.judge_in_reply,
+                       help="with --unfinished-rule llm, judge the words before a pause in the speculative reply's own "
+                            "prompt evaluation, so the verdict and the first token come from one decode (embedded "
+                            "batched LLM only; default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

@@ -11,7 +11,7 @@ from contextlib import aclosing
 import pytest
 from llm_conversations import SYSTEM, conversation_after, first_token_stats, next_turn
 
-from voxloop.voice.llm import GenerationSettings
+from voxloop.voice.llm import GenerationSettings, WordsJudgment
 from voxloop.voice.llm_batch import BatchedLlamaLLM
 
 GREEDY = GenerationSettings(max_tokens=24, temperature=0.0, max_sentences=None)
@@ -177,3 +177,59 @@ def test_a_gguf_without_its_own_chat_template_is_served_one_request_at_a_time(mo
     llm = build_llm(ModelOptions())
     assert isinstance(llm, LlamaCppLLM)
     llm.close()
+
+
+def test_a_reply_judges_its_words_in_the_decode_that_gives_its_first_token(llm):
+    conversation = conversation_after(2)
+    cases = {"Tell me about the number eight": "Tell me about the number eight.",  # a whole sentence
+             "Tell me about the": "Tell me about the."}  # half of one, as Whisper may punctuate it
+
+    async def run():
+        results = {}
+        for words, transcript in cases.items():
+            alone = await llm.sentence_end_probability(next_turn(conversation, words))
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)  # nothing cached: the reply evaluates its whole prompt
+            for slot in llm._slots:
+                slot.tokens.clear()
+            judgment = WordsJudgment(next_turn(conversation, words))
+            stats: dict = {}
+            first_piece_at = None
+            async with aclosing(llm.stream(next_turn(conversation, transcript), GREEDY, stats=stats,
+                                           judgment=judgment)) as pieces:
+                async for _ in pieces:
+                    first_piece_at = first_piece_at or time.monotonic()
+            in_reply = await judgment.probability()
+            results[words] = (alone, in_reply, stats, first_piece_at)
+        return results
+
+    results = asyncio.run(run())
+    (whole_alone, whole_in_reply, stats, _), (half_alone, half_in_reply, _, _) = results.values()
+    # The same logits, from a decode of the whole prompt instead of one that ends at the words.
+    assert whole_in_reply == pytest.approx(whole_alone, rel=0.05)
+    assert half_in_reply == pytest.approx(half_alone, rel=0.05, abs=1e-4)
+    assert whole_in_reply > 10 * half_in_reply
+    assert stats["llm_cached_tokens"] == 0
+
+
+def test_a_reply_dropped_before_its_first_decode_answers_its_judgment_with_none():
+    async def run():
+        llm = BatchedLlamaLLM(slots=1, slot_ctx=512)
+        try:
+            busy_gate = threading.Event()  # held: the only slot stays taken
+            busy = llm.stream([{"role": "user", "content": "Count from one to twenty."}], GenerationSettings(max_tokens=40),
+                              gate=busy_gate)
+            await busy.__anext__()
+            judgment = WordsJudgment([{"role": "user", "content": "Tell me a story"}])
+            waiting = llm.stream([{"role": "user", "content": "Tell me a story."}], GREEDY, judgment=judgment)
+            pending = asyncio.ensure_future(waiting.__anext__())
+            not_started = await judgment.probability(start_within_s=0.2)  # the slot is taken: no verdict in time
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            await waiting.aclose()  # the request is dropped without ever being decoded
+            answered = await asyncio.wait_for(judgment.probability(), timeout=5)
+            await busy.aclose()
+            return not_started, answered
+        finally:
+            llm.close()
+
+    assert asyncio.run(run()) == (None, None)

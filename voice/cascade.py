@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxloop.voice.clauses import ClauseChunker, speakable
-from voxloop.voice.llm import ChatLLM, GenerationSettings
+from voxloop.voice.llm import ChatLLM, GenerationSettings, WordsJudgment
 from voxloop.voice.reply_limit import SpokenReplyLimit
 from voxloop.voice.tts import SpeechSynthesizer
 
@@ -44,16 +44,22 @@ class CascadeResponder:
         self.llm = llm
         self.tts = tts
 
+    @property
+    def judges_in_reply(self) -> bool:
+        """Whether `respond` answers a WordsJudgment from the reply's own prompt evaluation."""
+        return getattr(self.llm, "judges_in_reply", False)
+
     async def respond(self, messages: list[dict[str, str]], settings: GenerationSettings, voice: str | None,
-                      marks: dict[str, float]) -> AsyncIterator[SpeechPiece]:
+                      marks: dict[str, float], judgment: WordsJudgment | None = None) -> AsyncIterator[SpeechPiece]:
         """Stream the spoken reply. Records `llm_first_token`, `llm_first_clause`, `llm_done` and `tts_first_audio`
-        (time.monotonic) into `marks`, and what the LLM reports of the request (ChatLLM.stream)."""
+        (time.monotonic) into `marks`, and what the LLM reports of the request (ChatLLM.stream).
+        `judgment` (only where `judges_in_reply`) is answered by the LLM along the way."""
         clauses: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         # Open: the LLM may run. Closed from the first clause to the first audio if asked to.
         gate = threading.Event()
         gate.set()
         producer = asyncio.create_task(self._write_clauses(messages, settings, clauses, marks,
-                                                           gate if settings.first_audio_first else None))
+                                                           gate if settings.first_audio_first else None, judgment))
         try:
             while (clause := await clauses.get()) is not None:
                 if isinstance(clause, BaseException):
@@ -89,13 +95,14 @@ class CascadeResponder:
         return await score(messages, start_within_s) if score is not None else None
 
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
-                             gate: threading.Event | None) -> None:
+                             gate: threading.Event | None, judgment: WordsJudgment | None) -> None:
         chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars,
                                 first_clause_phrases=settings.first_clause_phrases)
         limit = SpokenReplyLimit(settings.max_sentences)
         try:
             # Leaving the loop early closes the stream, which stops the LLM at its next token.
-            async with aclosing(self.llm.stream(messages, settings, stats=marks, gate=gate)) as pieces:
+            judging = {"judgment": judgment} if judgment is not None else {}
+            async with aclosing(self.llm.stream(messages, settings, stats=marks, gate=gate, **judging)) as pieces:
                 async for piece in pieces:
                     marks.setdefault("llm_first_token", time.monotonic())
                     for clause in chunker.push(piece):

@@ -30,6 +30,10 @@ class SessionConfig:
     # With llm_prewarm, also evaluate the user's words while they speak, as the partial
     # transcripts agree on them, so the turn's prompt is mostly evaluated before the pause.
     llm_prewarm_words: bool = True
+    # Judge whether the words before a pause end a sentence (turn rule "llm") in the reply's own
+    # prompt evaluation, where the LLM can (the embedded batched one): the verdict and the first
+    # token then come from one decode, not two requests one after the other.
+    judge_in_reply: bool = True
 
     def reply_settings(self) -> GenerationSettings:
         """The generation settings for a reply. The sentence limit holds the model to the default

@@ -66,6 +66,47 @@ class ChatLLM(Protocol):
         ...
 
 
+class WordsJudgment:
+    """A reply request's second question: how likely do the user's words end a sentence (see
+    `LlamaCppLLM.sentence_end_probability`)? An LLM that can (`judges_in_reply`) reads the
+    answer from the reply's own prompt evaluation: the prompt holds the words, so the logits
+    after the last word come out of the same decode as the first token, one step and one
+    request sooner than a judgment of its own.
+
+    Made on the event loop; the LLM's thread answers through `begin` and `answer`."""
+
+    def __init__(self, messages: list[dict[str, str]]):
+        """`messages`: the conversation, its last message the words without final punctuation."""
+        self.messages = messages
+        self._loop = asyncio.get_running_loop()
+        self._began = asyncio.Event()
+        self._answer: asyncio.Future[float | None] = self._loop.create_future()
+
+    def begin(self) -> None:
+        """The LLM has started on the request (any thread)."""
+        self._call(self._began.set)
+
+    def answer(self, probability: float | None) -> None:
+        """The sentence-end probability, or None when it could not be judged (any thread; the
+        first answer counts)."""
+        self._call(lambda: self._answer.done() or self._answer.set_result(probability))
+
+    def _call(self, function: Callable[[], object]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop closed under us (server shutting down); nobody is waiting
+            pass
+
+    async def probability(self, start_within_s: float | None = None) -> float | None:
+        """The answer; None at once if the LLM has not started on the request within `start_within_s`."""
+        if start_within_s is not None:
+            try:
+                await asyncio.wait_for(self._began.wait(), start_within_s)
+            except TimeoutError:
+                return None
+        return await asyncio.shield(self._answer)
+
+
 def _record_finish_reason(chunk: dict, stats: dict | None) -> None:
     """Keep why the generation stopped ("stop", or "length" at the token cap) as `llm_finish_reason`."""
     choices = chunk.get("choices") or [{}]

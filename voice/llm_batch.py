@@ -14,6 +14,7 @@ The interface is `LlamaCppLLM`'s: `stream`, `sentence_end_probability`, `prewarm
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import threading
@@ -27,7 +28,9 @@ import numpy as np
 from voxloop.voice.chat_prompt import ChatPrompt, sentence_end_mass
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.kv_snapshots import common_prefix_length
-from voxloop.voice.llm import GATE_MAX_WAIT_S, PREWARM_BATCH_TOKENS, GenerationSettings, bundled_gguf_path
+from voxloop.voice.llm import GATE_MAX_WAIT_S, PREWARM_BATCH_TOKENS, GenerationSettings, WordsJudgment, bundled_gguf_path
+
+log = logging.getLogger(__name__)
 
 # Prompt tokens one request evaluates per step. Other requests' next tokens wait for the step,
 # so this bounds how long a new prompt holds up replies already speaking.
@@ -58,6 +61,9 @@ class _Request:
     gate: threading.Event | None = None
     max_new_tokens: int | None = None  # prewarm: do nothing if more than this is new
     started: Callable[[], None] | None = None  # called once, when the request first gets a slot
+    # A reply's judgment of the user's words, read from the logits at prompt position `score_at`.
+    judgment: WordsJudgment | None = None
+    score_at: int | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     slot: _Slot | None = None
     cached: int = 0  # prompt tokens its slot already held
@@ -70,6 +76,8 @@ class _Request:
 
 class BatchedLlamaLLM:
     """An embedded GGUF model that decodes every session's request in one batch per step."""
+
+    judges_in_reply = True  # `stream` takes a WordsJudgment
 
     def __init__(self, gguf_path: str | None = None, slots: int = 4, slot_ctx: int = 4096, n_threads: int = 0,
                  n_gpu_layers: int = 0):
@@ -121,21 +129,34 @@ class BatchedLlamaLLM:
         return common_prefix_length(without_words, self.chat.prefix_tokens(messages[:2]) or [])
 
     async def stream(self, messages: list[dict[str, str]], settings: GenerationSettings,
-                     stats: dict | None = None, gate: threading.Event | None = None) -> AsyncIterator[str]:
-        """As `ChatLLM.stream`; closing the iterator drops the request at the next step."""
+                     stats: dict | None = None, gate: threading.Event | None = None,
+                     judgment: WordsJudgment | None = None) -> AsyncIterator[str]:
+        """As `ChatLLM.stream`; closing the iterator drops the request at the next step.
+        `judgment` is answered from the decode that gives the first token, where the reply's
+        prompt starts with the judged words' tokens; otherwise by a request of its own first."""
         prompt = self.chat.reply_tokens(messages)
         if prompt is None:
             raise RuntimeError(f"{self.name}: only models with their own chat template can be batched")
         if len(prompt) >= self.slot_ctx:
             raise ValueError(f"the prompt ({len(prompt)} tokens) does not fit the LLM's context ({self.slot_ctx})")
+        score_at = None
+        if judgment is not None:
+            words = self.chat.words_tokens(judgment.messages)
+            if words and len(words) < len(prompt) and prompt[:len(words)] == words:
+                score_at = len(words) - 1  # the logits there predict the token after the last word
+            else:
+                await self._judge_alone(judgment)
         items: asyncio.Queue = asyncio.Queue()
 
         def started() -> None:
             if stats is not None:
                 stats.update(llm_start=time.monotonic(), llm_prompt_tokens=len(prompt), llm_cached_tokens=request.cached)
+            if score_at is not None:
+                judgment.begin()
 
         request = _Request("generate", prompt, self._common_start(messages), _deliverer(items), settings=settings,
-                           gate=gate, started=started)
+                           gate=gate, started=started, judgment=judgment if score_at is not None else None,
+                           score_at=score_at)
         self._submit(request)
         try:
             while True:
@@ -155,24 +176,32 @@ class BatchedLlamaLLM:
                                        start_within_s: float | None = None) -> float | None:
         """As `LlamaCppLLM.sentence_end_probability`: the words stay in the conversation's slot
         for its reply. None when it cannot start within `start_within_s` (every slot busy)."""
-        tokens = self.chat.words_tokens(messages)
-        if not tokens or len(tokens) >= self.slot_ctx:
-            return None
-        items: asyncio.Queue = asyncio.Queue()
-        began = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        request = _Request("score", tokens, self._common_start(messages), _deliverer(items),
-                           started=lambda: loop.call_soon_threadsafe(began.set))
-        self._submit(request)
+        judgment = WordsJudgment(messages)
+        scoring = asyncio.create_task(self._judge_alone(judgment))
         try:
-            if start_within_s is not None:
-                try:
-                    await asyncio.wait_for(began.wait(), start_within_s)
-                except TimeoutError:
-                    return None
-            return await _answer(items)
+            return await judgment.probability(start_within_s)
         finally:
-            self._drop(request)
+            scoring.cancel()  # drops the request if it has not started in time
+            await asyncio.gather(scoring, return_exceptions=True)
+
+    async def _judge_alone(self, judgment: WordsJudgment) -> None:
+        """Answer `judgment` with a request of its own (a failure answers None, and is logged)."""
+        try:
+            tokens = self.chat.words_tokens(judgment.messages)
+            if not tokens or len(tokens) >= self.slot_ctx:
+                return
+            items: asyncio.Queue = asyncio.Queue()
+            request = _Request("score", tokens, self._common_start(judgment.messages), _deliverer(items),
+                               started=judgment.begin)
+            self._submit(request)
+            try:
+                judgment.answer(await _answer(items))
+            finally:
+                self._drop(request)
+        except Exception:
+            log.exception("judging whether the words end a sentence failed")
+        finally:
+            judgment.answer(None)  # only if nothing answered it
 
     async def prewarm(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> int:
         """As `LlamaCppLLM.prewarm`: evaluate the prefix into the conversation's slot while no
@@ -206,6 +235,8 @@ class BatchedLlamaLLM:
         with self._wake:
             request.stop.set()
             self._wake.notify()
+        if request.judgment is not None:
+            request.judgment.answer(None)  # only if its decode has not answered already
 
     # -- the scheduler thread ------------------------------------------------------------
 
@@ -273,6 +304,8 @@ class BatchedLlamaLLM:
                     continue
             else:  # its last prompt token is evaluated again, for fresh logits to score or sample
                 kept = min(kept, len(request.prompt) - 1)
+                if request.score_at is not None:  # and the last judged word, for the judgment's
+                    kept = min(kept, request.score_at)
             self._ctx.kv_cache_seq_rm(slot.seq_id, kept, -1)
             del slot.tokens[kept:]
             slot.owner, slot.last_used = request, time.monotonic()
@@ -330,6 +363,8 @@ class BatchedLlamaLLM:
         if request.sampler is not None:
             request.sampler.close()
             request.sampler = None
+        if request.judgment is not None:
+            request.judgment.answer(None)  # only if its decode never came
 
     def _step(self) -> None:
         """One decode: the next token of every generating request whose gate is open, and a
@@ -340,6 +375,7 @@ class BatchedLlamaLLM:
         batch = self._batch.batch
         batch.n_tokens = 0
         outputs: list[tuple[_Request, int]] = []
+        judged: list[tuple[_Request, int]] = []  # (request, batch index of its score_at position)
         for request in work:
             slot = request.slot
             if request.next_token is not None:
@@ -355,10 +391,13 @@ class BatchedLlamaLLM:
             if batch.n_tokens + len(tokens) > self._batch._n_tokens:
                 break
             for offset, token in enumerate(tokens):
-                index = batch.n_tokens
-                batch.token[index], batch.pos[index] = token, len(slot.tokens) + offset
+                index, position = batch.n_tokens, len(slot.tokens) + offset
+                batch.token[index], batch.pos[index] = token, position
                 batch.seq_id[index][0], batch.n_seq_id[index] = slot.seq_id, 1
                 batch.logits[index] = wants_logits and offset == len(tokens) - 1
+                if position == request.score_at:
+                    batch.logits[index] = True
+                    judged.append((request, index))
                 batch.n_tokens += 1
             slot.tokens.extend(tokens)
             request.next_token = None
@@ -372,15 +411,20 @@ class BatchedLlamaLLM:
                 if request.kind == "prewarm" and len(request.slot.tokens) == len(request.prompt):
                     request.deliver(("held", len(request.slot.tokens)))
                     self._finish(request)
+            for request, index in judged:
+                request.judgment.answer(self._sentence_end_mass(index))
             for request, index in outputs:
                 if request.stop.is_set():
                     continue
                 if request.kind == "score":
-                    logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(index), shape=(self._n_vocab,))
-                    request.deliver(("score", sentence_end_mass(logits, self.chat.sentence_end_tokens())))
+                    request.deliver(("score", self._sentence_end_mass(index)))
                     self._finish(request)
                 else:
                     self._sample(request, index)
+
+    def _sentence_end_mass(self, batch_index: int) -> float:
+        logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(batch_index), shape=(self._n_vocab,))
+        return sentence_end_mass(logits, self.chat.sentence_end_tokens())
 
     def ends_reply(self, token: int) -> bool:
         """An end-of-generation token, or any other control token: SmolLM2 sometimes opens the

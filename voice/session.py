@@ -25,6 +25,7 @@ from voxloop.voice.asr import Transcript
 from voxloop.voice.cascade import CascadeResponder, SpeechPiece
 from voxloop.voice.config import SessionConfig
 from voxloop.voice.history import Conversation, ConversationItem
+from voxloop.voice.llm import WordsJudgment
 from voxloop.voice.models import CascadeModels
 from voxloop.voice.sample_buffer import SampleBuffer
 from voxloop.voice.speculation import PrefetchedReply, Speculation, longest_hold, unfinished_hold, without_final_punctuation
@@ -228,25 +229,47 @@ class VoiceSession:
             speculation.marks.update(transcript_final=time.monotonic(), asr_started=transcript.started)
             if turn_detection is None:
                 return transcript
+            replying = bool(transcript.text) and turn_detection.create_response and not self.response_active
+            judging = (bool(transcript.text) and turn_detection.unfinished_rule == "llm"
+                       and self._still_pausing(speculation))
+            judgment = None
+            if judging and replying and self.config.judge_in_reply and self.responder.judges_in_reply:
+                # The reply starts now, whatever the verdict (it is thrown away if the user goes on),
+                # and its first decode judges the words: the verdict and the first token come together.
+                judgment = WordsJudgment(self._judged_messages(transcript.text))
+                self._prefetch_reply(speculation, transcript.text, judgment)
             probability = None
-            if transcript.text and turn_detection.unfinished_rule == "llm" and self._still_pausing(speculation):
+            if judging:
                 start_within_s = None
                 if turn_detection.judge_by_words_when_llm_busy:
                     left_ms = turn_detection.silence_duration_ms - self._detector.silence_ms
                     start_within_s = max(left_ms, MIN_JUDGMENT_WAIT_MS) / 1000
-                probability = await self._sentence_end_probability(transcript.text, start_within_s)
+                if judgment is not None:
+                    probability = await judgment.probability(start_within_s)
+                else:
+                    probability = await self._sentence_end_probability(transcript.text, start_within_s)
                 speculation.sentence_end = probability
+                speculation.marks["judged"] = time.monotonic()
             reason, hold_ms = unfinished_hold(transcript.text, turn_detection, probability)
             if self._still_pausing(speculation):
                 speculation.unfinished = reason
         finally:  # judged, or failed to be: the pause now ends the turn after `hold_ms`
             if turn_detection is not None and self._still_pausing(speculation):
                 self._detector.hold_pause(hold_ms)
-        if transcript.text and turn_detection.create_response and not self.response_active:
-            messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=transcript.text)
-            reply = self.responder.respond(messages, self.config.reply_settings(), self.config.voice, speculation.marks)
-            speculation.reply = PrefetchedReply(reply)
+        if transcript.text and turn_detection.create_response and not self.response_active and speculation.reply is None:
+            self._prefetch_reply(speculation, transcript.text)
         return transcript
+
+    def _prefetch_reply(self, speculation: Speculation, text: str, judgment: WordsJudgment | None = None) -> None:
+        messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=text)
+        reply = self.responder.respond(messages, self.config.reply_settings(), self.config.voice, speculation.marks,
+                                       judgment=judgment)
+        # A reply that ends without having judged the words (it failed, or was cancelled first) answers None.
+        speculation.reply = PrefetchedReply(reply, on_end=(lambda: judgment.answer(None)) if judgment else None)
+
+    def _judged_messages(self, text: str) -> list[dict[str, str]]:
+        """The conversation as the LLM judges whether `text` ends a sentence: its final punctuation is no evidence."""
+        return self.conversation.chat_messages(self.config.instructions, pending_user_text=without_final_punctuation(text))
 
     def _still_pausing(self, speculation: Speculation) -> bool:
         """The pause this speculation was made for is still running (the user neither went on
@@ -254,10 +277,8 @@ class VoiceSession:
         return self._turn is not None and self._turn.speculation is speculation
 
     async def _sentence_end_probability(self, text: str, start_within_s: float | None) -> float | None:
-        words = without_final_punctuation(text)
-        messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=words)
         try:
-            return await self.responder.sentence_end_probability(messages, start_within_s)
+            return await self.responder.sentence_end_probability(self._judged_messages(text), start_within_s)
         except Exception:  # the turn then ends by the words alone, never not at all
             log.exception("judging whether the words end a sentence failed")
             return None

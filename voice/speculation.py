@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -108,9 +108,12 @@ def longest_hold(config: TurnDetectionConfig) -> int:
 class PrefetchedReply:
     """A reply stream running ahead into a buffer, read out later by whoever sends it."""
 
-    def __init__(self, stream: AsyncIterator[SpeechPiece]):
+    def __init__(self, stream: AsyncIterator[SpeechPiece], on_end: Callable[[], None] | None = None):
+        """`on_end`: called once the stream has ended, however it ended (even cancelled before it began)."""
         self._queue: asyncio.Queue = asyncio.Queue()
         self._pump = asyncio.create_task(self._run(stream))
+        if on_end is not None:
+            self._pump.add_done_callback(lambda _pump: on_end())
 
     async def _run(self, stream: AsyncIterator[SpeechPiece]) -> None:
         try:
