@@ -64,7 +64,8 @@ def test_a_mid_turn_pause_shorter_than_the_hangover_keeps_one_turn_and_its_specu
     second = load_audio(clip("arctic_a0024_1592747999").path, RATE)
     pause = np.zeros(int(0.4 * RATE), np.float32)  # past eager_after_ms, short of the 700 ms hangover
     audio = np.concatenate([first, pause, second, np.zeros(RATE, np.float32)])
-    events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=700, eager_after_ms=160))
+    # Two whole sentences: the pause between them must not end the turn as a clearly finished one (350 ms).
+    events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=700, eager_after_ms=160, finished_silence_ms=0))
     kinds = [e["type"] for e in events]
     assert kinds.count("input_audio_buffer.committed") == 1, kinds
     transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
@@ -94,6 +95,22 @@ def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends
     timings = next(e for e in lazy if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     assert timings["transcript_final_ms"] > 0
     assert timings["speculation"] == "none" and timings["speculations"] == 0
+
+
+@pytest.mark.parametrize("judge_in_reply", [True, False])
+def test_the_words_before_a_pause_are_judged_by_the_speculative_replys_first_decode(models, judge_in_reply):
+    speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
+    audio = np.concatenate([speech, np.zeros(3 * RATE, np.float32)])
+    events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160),
+                         config=SessionConfig(judge_in_reply=judge_in_reply))
+    timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    # "The ship should be in within a week or ten days": a whole sentence, judged so either way.
+    assert timings["sentence_end_p"] > TurnDetectionConfig.sentence_end_threshold and timings["unfinished"] is None
+    assert timings["speculation"] == "reply"
+    if judge_in_reply:  # the verdict came from the reply's request, with its first token
+        assert timings["llm_start_ms"] < timings["judged_ms"] <= timings["llm_first_token_ms"] + 5, timings
+    else:  # a request of its own, before the reply's
+        assert timings["judged_ms"] < timings["llm_start_ms"], timings
 
 
 def test_a_reply_cut_by_the_token_cap_is_incomplete_and_does_not_end_mid_sentence(models):
@@ -186,9 +203,11 @@ def test_a_pause_mid_sentence_is_held_even_when_its_words_are_judged_after_the_h
     transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
     assert word_error_rate("hopefully we can learn from our mistakes", transcript) < 0.3, transcript
     timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
-    # The whole sentence, without its final stop, reads as finished to the LLM: the turn ended after 500 ms.
-    assert timings["end_silence_ms"] == 500 and timings["unfinished"] is None, (transcript, timings)
-    assert timings["sentence_end_p"] > turns.sentence_end_threshold
+    # The whole sentence, without its final stop, reads as finished to the LLM: the turn ended after 500 ms, or after
+    # 350 if the LLM found it clearly finished.
+    assert timings["unfinished"] is None and timings["sentence_end_p"] > turns.sentence_end_threshold, (transcript, timings)
+    clearly_finished = timings["sentence_end_p"] >= turns.finished_threshold and transcript.endswith((".", "?", "!"))
+    assert timings["end_silence_ms"] == (turns.finished_silence_ms if clearly_finished else 500), (transcript, timings)
 
 
 @contextmanager

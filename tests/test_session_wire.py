@@ -53,7 +53,7 @@ def test_semantic_vad_sets_its_pauses_from_eagerness_and_is_echoed_as_such():
     assert (low.finished_silence_ms, low.silence_duration_ms, low.unfinished_silence_ms, low.eager_after_ms) == (0, 800, 1500, 160)
     # auto is server_vad's pauses under the semantic type.
     auto = apply_session_update(SessionConfig(), semantic_update()).turn_detection
-    assert (auto.eagerness, auto.silence_duration_ms, auto.finished_silence_ms) == ("auto", 500, 0)
+    assert (auto.eagerness, auto.silence_duration_ms, auto.finished_silence_ms) == ("auto", 500, 350)
 
 
 def test_voxloop_extensions_apply_on_top_of_a_semantic_preset_and_persist_until_the_eagerness_changes():
@@ -62,7 +62,7 @@ def test_voxloop_extensions_apply_on_top_of_a_semantic_preset_and_persist_until_
     config = apply_session_update(config, semantic_update(threshold=0.6))  # same type, no eagerness: a field change
     assert (config.turn_detection.finished_silence_ms, config.turn_detection.threshold) == (300, 0.6)
     config = apply_session_update(config, semantic_update(eagerness="medium"))
-    assert (config.turn_detection.finished_silence_ms, config.turn_detection.threshold) == (0, 0.5)
+    assert (config.turn_detection.finished_silence_ms, config.turn_detection.threshold) == (350, 0.5)
 
 
 def test_back_to_server_vad_drops_the_semantic_preset_and_echoes_no_eagerness():
@@ -70,7 +70,7 @@ def test_back_to_server_vad_drops_the_semantic_preset_and_echoes_no_eagerness():
     server = apply_session_update(semantic, turn_update())
     echoed = echoed_turn_detection(server)
     assert echoed["type"] == "server_vad" and "eagerness" not in echoed
-    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"]) == (0, 160)
+    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"]) == (350, 100)
 
 
 @pytest.mark.parametrize("turn, param", [({"type": "semantic_vad", "eagerness": "eager"}, "eagerness"),

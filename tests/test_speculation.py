@@ -1,5 +1,7 @@
 """Judging whether a speculative transcript sounds finished, and how long a pause that makes."""
 
+from dataclasses import replace
+
 import pytest
 
 from voxloop.voice.speculation import (CONTINUER, UNLIKELY_END, UNPUNCTUATED, sounds_unfinished, unfinished_hold,
@@ -90,8 +92,13 @@ def test_a_clearly_finished_sentence_ends_the_turn_after_the_shorter_finished_pa
     assert unfinished_hold("Fine.", TurnDetectionConfig(silence_duration_ms=200, finished_silence_ms=250), 0.9) == (None, 200)
 
 
-def test_by_default_a_finished_sentence_waits_the_plain_silence_duration():
-    assert unfinished_hold("He could wait no longer.", TurnDetectionConfig(), 0.99) == (None, 500)
+def test_by_default_a_clearly_finished_sentence_ends_after_350_ms_and_a_plainly_finished_one_after_500():
+    defaults = TurnDetectionConfig()
+    assert unfinished_hold("He could wait no longer.", defaults, 0.99) == (None, 350)
+    assert unfinished_hold("He could wait no longer.", defaults, 0.39) == (None, 500)
+    assert unfinished_hold("He could wait no longer", defaults, 0.99) == (None, 500)  # no final stop from Whisper
+    # A client that asks for a shorter pause than that gets it.
+    assert unfinished_hold("Fine.", replace(defaults, silence_duration_ms=300), 0.99) == (None, 300)
 
 
 @pytest.mark.parametrize("text, words", [("He could wait no longer.", "He could wait no longer"),

@@ -621,7 +621,7 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     if "asr_audio_s" in marks:
         timings["asr_audio_s"] = round(marks["asr_audio_s"], 3)
     # Why a turn was slow: optional, present when the path knows them.
-    for name in ("speech_paused", "asr_started", "llm_start", "llm_first_clause"):
+    for name in ("speech_paused", "asr_started", "judged", "llm_start", "llm_first_clause"):
         if marks.get(name) is not None:
             timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
     for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",

@@ -38,8 +38,10 @@ class TurnDetectionConfig:
     # open a turn nor interrupt the assistant.
     min_speech_ms: int = 160
     # Extension: after this much silence the turn's transcription and reply start
-    # speculatively (0 turns it off); they are discarded if the user goes on.
-    eager_after_ms: int = 160
+    # speculatively (0 turns it off); they are discarded if the user goes on. 100 rather than
+    # 160 pays only together with finished_silence_ms: with every turn waiting 500 ms the work
+    # fitted inside the pause either way (four interleaved runs, 0.94-1.01 at the median).
+    eager_after_ms: int = 100
     # Extension: the pause that ends a turn whose words sound unfinished ("... and", no
     # final punctuation), instead of silence_duration_ms.
     unfinished_silence_ms: int = 900
@@ -63,10 +65,14 @@ class TurnDetectionConfig:
     # Extension: the pause that ends a turn whose words sound clearly finished, instead of
     # silence_duration_ms (0: off). Clearly finished means two signals agree: Whisper put a
     # final ".", "?" or "!" after them, and the LLM (rule "llm") finds a sentence end after the
-    # words at least finished_threshold likely. It pays only where the turn's work is done
-    # before silence_duration_ms; what it risks is ending a turn between two whole sentences.
-    finished_silence_ms: int = 0
-    finished_threshold: float = 0.5
+    # words at least finished_threshold likely. What it risks is ending a turn at a pause between
+    # two whole sentences. Over the 32 clips (so optimistic) no natural pause inside a turn is
+    # both 350 ms long and clearly finished at 0.4 (the nearest: 480 ms after "...new and strange."
+    # at 0.35, 320 ms at 0.78), and in the voice loop about half the turns end after 350 ms:
+    # end-of-turn wait 581 -> 451 ms at the median, p50 0.97, p95 0.88, cut off early 3/32 -> 2/32
+    # (`finished-350`, with eager_after_ms 100; bench/RESULTS.md).
+    finished_silence_ms: int = 350
+    finished_threshold: float = 0.4
     # Extension: while the words before a pause are being judged (transcribed, and scored by the
     # LLM with rule "llm"), the pause ends the turn no sooner than the judgment, and at the
     # longest hold at most. It costs no reply time, as the reply needs that transcript anyway;
@@ -86,10 +92,12 @@ class TurnDetectionConfig:
 # silence: on the H100 p50 0.66x, with 3 of 8 turns cut before the speaker finished against 1 of 8
 # (bench/RESULTS.md, "The cascade on a GPU", session 5); on the 2-core Xeon, now that the turn's
 # work about fits the pause, p50 0.86 with 18 of 32 turns cut at a mid-sentence pause against 15
-# (`semantic-high-xeon`, session 10). "auto" and "medium" are server_vad's defaults. "low" is
-# not measured: it only waits longer, which costs latency by construction.
+# (`semantic-high-xeon`, session 10). "auto" and "medium" are server_vad's defaults (a clearly
+# finished sentence ends after 350 ms). "low" is not measured: it only waits longer, which costs
+# latency by construction, and never ends a turn sooner for sounding finished.
 SEMANTIC_EAGERNESS: dict[str, dict[str, int | float]] = {
-    "low": {"silence_duration_ms": 800, "unfinished_silence_ms": 1500, "unpunctuated_silence_ms": 1500},
+    "low": {"silence_duration_ms": 800, "unfinished_silence_ms": 1500, "unpunctuated_silence_ms": 1500,
+            "finished_silence_ms": 0, "eager_after_ms": 160},
     "medium": {},
     "auto": {},
     "high": {"finished_silence_ms": 200, "finished_threshold": 0.2, "eager_after_ms": 100},
