@@ -115,7 +115,8 @@ def test_the_words_before_a_pause_are_judged_by_the_speculative_replys_first_dec
 
 def test_a_reply_cut_by_the_token_cap_is_incomplete_and_does_not_end_mid_sentence(models):
     audio = np.concatenate([load_audio(clip("arctic_a0039_1592747680").path, RATE), np.zeros(RATE, np.float32)])
-    config = SessionConfig(generation=GenerationSettings(max_tokens=12, max_sentences=None))
+    # Greedy, so that the reply is the same every run and longer than the cap: a sampled one sometimes ended first.
+    config = SessionConfig(generation=GenerationSettings(max_tokens=12, max_sentences=None, temperature=0.0))
     events = run_session(models, audio, TurnDetectionConfig(), config=config)
     done = next(e for e in events if e["type"] == "response.done")["response"]
     assert done["status"] == "incomplete" and done["status_details"]["reason"] == "max_output_tokens", done["voxloop"]["timings"].get("reply_end")
