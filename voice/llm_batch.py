@@ -235,8 +235,8 @@ class BatchedLlamaLLM:
         with self._wake:
             request.stop.set()
             self._wake.notify()
-        if request.judgment is not None:
-            request.judgment.answer(None)  # only if its decode has not answered already
+        if request.judgment is not None:  # every stream ends here: a judgment its decode never reached answers None
+            request.judgment.answer(None)
 
     # -- the scheduler thread ------------------------------------------------------------
 
@@ -363,8 +363,6 @@ class BatchedLlamaLLM:
         if request.sampler is not None:
             request.sampler.close()
             request.sampler = None
-        if request.judgment is not None:
-            request.judgment.answer(None)  # only if its decode never came
 
     def _step(self) -> None:
         """One decode: the next token of every generating request whose gate is open, and a
