@@ -231,6 +231,54 @@ def test_partial_transcripts_have_their_own_low_priority_whisper_so_a_final_pass
     assert word_error_rate(reference, partial_text.text) <= WER_BOUND
 
 
+def test_a_final_pass_goes_before_the_decoder_of_a_partial_pass_already_encoding(whisper, clips):
+    import threading
+
+    from voxloop.voice.models import CascadeModels
+
+    clip = clips["1089-134691-0001"]
+    final_audio = load_audio(clip.path, 16000)
+    partial_audio = final_audio[: final_audio.size // 2]
+    steps: list[tuple[str, str]] = []
+    encoding, release = threading.Event(), threading.Event()
+    encode, decode = whisper.encode, whisper.decode
+
+    def which(audio: np.ndarray) -> str:
+        return "partial" if audio.size == partial_audio.size else "final"
+
+    def recorded_encode(audio):
+        steps.append(("encode", which(audio)))
+        if which(audio) == "partial":
+            encoding.set()
+            release.wait(30)  # the partial pass's encoder runs until the final pass has come
+        return encode(audio)
+
+    def recorded_decode(speech):
+        steps.append(("decode", which(speech.audio)))
+        return decode(speech)
+
+    models = CascadeModels(vad=None, asr=whisper, llm=None, tts=None)
+    whisper.encode, whisper.decode = recorded_encode, recorded_decode
+
+    async def final_pass_during_a_partial_one():
+        partial = asyncio.create_task(models.transcribe(partial_audio, urgent=False))
+        assert await asyncio.to_thread(encoding.wait, 30)
+        final = asyncio.create_task(models.transcribe(final_audio))
+        await asyncio.sleep(0.05)  # the final pass is queued behind the encoder
+        release.set()
+        return await asyncio.wait_for(final, 30), await asyncio.wait_for(partial, 30)
+
+    try:
+        final_text, partial_text = asyncio.run(final_pass_during_a_partial_one())
+    finally:
+        release.set()
+        del whisper.encode, whisper.decode
+        models._asr_worker.shutdown()
+    assert steps == [("encode", "partial"), ("encode", "final"), ("decode", "final"), ("decode", "partial")]
+    assert word_error_rate(clip.transcript, final_text.text) <= WER_BOUND
+    assert partial_text.text and partial_text.text == whisper.transcribe(partial_audio).text  # taken in two jobs, the same words
+
+
 def test_whisper_threads_default_to_half_the_cores_unless_asked(monkeypatch):
     from voxloop.voice.models import ModelOptions, whisper_threads
 

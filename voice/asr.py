@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,9 @@ _HALLUCINATIONS = {
     "thank you very much", "i'm sorry", "the end", "subtitles by the amara org community",
 }
 _PUNCTUATION = re.compile(r"[^\w\s']")
-# The silence encoded after the utterance instead of Whisper's 30 s window (see _decode_short_window).
+# The silence encoded after the utterance instead of Whisper's 30 s window (see _short_window).
 WINDOW_PADDING_S = 5.0
+MIN_AUDIO_SAMPLES = SAMPLE_RATE // 10
 
 
 @dataclass
@@ -35,6 +37,15 @@ class Transcript:
     avg_logprob: float = 0.0
     rejected: str | None = None  # why the text was judged a hallucination, if it was
     started: float | None = None  # time.monotonic() when the pass began: before it, it waited for the model
+
+
+@dataclass
+class EncodedSpeech:
+    """An utterance through Whisper's encoder, its decoder still to run (`WhisperTranscriber.encode`)."""
+
+    audio: np.ndarray
+    started: float
+    encoder_output: Any = None  # None: `decode` does it all (too short to transcribe, or the 30 s path)
 
 
 def bundled_whisper_path() -> str:
@@ -89,20 +100,48 @@ class WhisperTranscriber:
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Blocking: run it off the event loop."""
+        return self.decode(self.encode(audio))
+
+    def encode(self, audio: np.ndarray) -> EncodedSpeech:
+        """The first half of `transcribe`, its encoder pass (blocking). Between the halves the
+        model is free: a partial transcript's decoder waits there while a turn's final pass runs."""
         started = time.monotonic()
-        audio = np.asarray(audio, dtype=np.float32)
-        seconds = audio.size / SAMPLE_RATE
-        if audio.size < SAMPLE_RATE // 10:
-            return Transcript("", seconds, rejected="shorter than 100 ms", started=started)
-        if self.window_padding_s is not None and seconds + self.window_padding_s < 30:
-            text, no_speech, logprob = self._decode_short_window(audio)
+        speech = EncodedSpeech(np.asarray(audio, dtype=np.float32), started)
+        if speech.audio.size >= MIN_AUDIO_SAMPLES and self._short_window(speech.audio):
+            import ctranslate2
+
+            features = self.model.feature_extractor(speech.audio, padding=int(self.window_padding_s * SAMPLE_RATE))
+            features = np.ascontiguousarray(features[None, :, :3000], dtype=np.float32)
+            speech.encoder_output = self.model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        return speech
+
+    def decode(self, speech: EncodedSpeech) -> Transcript:
+        """The second half of `transcribe` (blocking)."""
+        seconds = speech.audio.size / SAMPLE_RATE
+        if speech.audio.size < MIN_AUDIO_SAMPLES:
+            return Transcript("", seconds, rejected="shorter than 100 ms", started=speech.started)
+        if speech.encoder_output is not None:
+            text, no_speech, logprob = self._decode_short_window(speech)
         else:
-            text, no_speech, logprob = self._decode_standard(audio)
-        transcript = Transcript(text, seconds, no_speech, logprob, started=started)
+            text, no_speech, logprob = self._decode_standard(speech.audio)
+        transcript = Transcript(text, seconds, no_speech, logprob, started=speech.started)
         transcript.rejected = hallucination_reason(transcript) if text else "no words"
         if transcript.rejected:
             transcript.text = ""
         return transcript
+
+    def _short_window(self, audio: np.ndarray) -> bool:
+        """Whether to encode the utterance plus `window_padding_s` of silence instead of a full 30 s window.
+
+        Whisper's encoder costs time in proportion to its input, and faster-whisper always pads
+        to 30 s. CTranslate2 accepts shorter inputs. Whisper was trained on 30 s windows, and on a
+        short one its decoder sometimes transcribes the speech a second time; with that restart
+        cut (`without_restart`), +5 s transcribes the project's 32 clips as +10 s does (WER 0.037
+        vs 0.033: one word) in 115 instead of 190 ms (median, one thread, this project's Xeon).
+        +3 s breaks down on some clips ("He was not an old-s-s-y-y-y"), so keep the margin. In
+        the voice loop: p50 0.91, p95 0.70 against +10 s, and as many mid-sentence pauses taken
+        for turn ends as before (bench/RESULTS.md, `asr-window-5`, `paused-asr-window-5`)."""
+        return self.window_padding_s is not None and audio.size / SAMPLE_RATE + self.window_padding_s < 30
 
     def _decode_standard(self, audio: np.ndarray) -> tuple[str, float, float]:
         segments, _ = self.model.transcribe(
@@ -115,24 +154,11 @@ class WhisperTranscriber:
         text = " ".join(s.text.strip() for s in segments).strip()
         return text, max(s.no_speech_prob for s in segments), float(np.mean([s.avg_logprob for s in segments]))
 
-    def _decode_short_window(self, audio: np.ndarray) -> tuple[str, float, float]:
-        """Encode the utterance plus `window_padding_s` of silence instead of a full 30 s window.
-
-        Whisper's encoder costs time in proportion to its input, and faster-whisper always pads
-        to 30 s. CTranslate2 accepts shorter inputs. Whisper was trained on 30 s windows, and on a
-        short one its decoder sometimes transcribes the speech a second time; with that restart
-        cut (`without_restart`), +5 s transcribes the project's 32 clips as +10 s does (WER 0.037
-        vs 0.033: one word) in 115 instead of 190 ms (median, one thread, this project's Xeon).
-        +3 s breaks down on some clips ("He was not an old-s-s-y-y-y"), so keep the margin. In
-        the voice loop: p50 0.91, p95 0.70 against +10 s, and as many mid-sentence pauses taken
-        for turn ends as before (bench/RESULTS.md, `asr-window-5`, `paused-asr-window-5`)."""
-        import ctranslate2
-
-        features = self.model.feature_extractor(audio, padding=int(self.window_padding_s * SAMPLE_RATE))
-        features = np.ascontiguousarray(features[None, :, :3000], dtype=np.float32)
-        max_tokens = int(8 * audio.size / SAMPLE_RATE) + 16  # no one says more than 8 tokens a second
+    def _decode_short_window(self, speech: EncodedSpeech) -> tuple[str, float, float]:
+        """Whisper's decoder on what `encode` put through its encoder on the short window."""
+        max_tokens = int(8 * speech.audio.size / SAMPLE_RATE) + 16  # no one says more than 8 tokens a second
         result = self.model.model.generate(
-            ctranslate2.StorageView.from_array(features), [self._prompt], beam_size=self.beam_size,
+            speech.encoder_output, [self._prompt], beam_size=self.beam_size,
             max_length=max_tokens, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
             suppress_tokens=[-1],
         )[0]

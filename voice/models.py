@@ -63,6 +63,9 @@ class ModelOptions:
     # the pass that ends a turn never waits for one to finish. Off: on the 2-core Xeon it did not pay
     # (bench/RESULTS.md, `separate-partial-asr`: p50 1.07, p95 1.05).
     separate_partial_asr: bool = False
+    # A partial pass on the shared Whisper is two jobs, its encoder and its decoder, and a final pass
+    # that comes meanwhile goes between them (CascadeModels.transcribe).
+    partial_asr_in_steps: bool = True
     spinning_threads: bool = False  # see keep_numpy_single_threaded and PiperSynthesizer
 
 
@@ -74,15 +77,21 @@ class CascadeModels:
     tts: SpeechSynthesizer
     load_seconds: dict[str, float] = field(default_factory=dict)
     partial_asr: tuple[WhisperTranscriber, PriorityWorker] | None = None  # see ModelOptions.separate_partial_asr
+    partial_asr_in_steps: bool = True  # see ModelOptions.partial_asr_in_steps
     _asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
 
     async def transcribe(self, audio16k: np.ndarray, urgent: bool = True) -> Transcript:
         """`urgent=False` for partial transcripts: on their own model when there is one, else after any
-        session's final pass."""
+        session's final pass, which also goes before a partial pass's decoder once its encoder has run.
+        A final pass that came while a partial one was running waited for all of it, up to 340 ms
+        on a 10 s turn on the 2-core Xeon: a pass cannot be stopped, but it can be taken in two jobs."""
         if not urgent and self.partial_asr is not None:
             model, worker = self.partial_asr
             return await worker.run(model.transcribe, audio16k)
-        return await self._asr_worker.run(self.asr.transcribe, audio16k, urgent=urgent)
+        if urgent or not self.partial_asr_in_steps:
+            return await self._asr_worker.run(self.asr.transcribe, audio16k, urgent=urgent)
+        encoded = await self._asr_worker.run(self.asr.encode, audio16k, urgent=False)
+        return await self._asr_worker.run(self.asr.decode, encoded, urgent=False)
 
     async def warm_up(self) -> None:
         """One pass through every model, so the first user does not pay for lazy initialisation."""
@@ -195,7 +204,8 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
             seconds[label] = time.perf_counter() - start
             progress.advance(task)
         progress.update(task, description="models loaded")
-    return CascadeModels(*loaded[:4], load_seconds=seconds, partial_asr=loaded[4] if len(loaded) > 4 else None)
+    return CascadeModels(*loaded[:4], load_seconds=seconds, partial_asr=loaded[4] if len(loaded) > 4 else None,
+                         partial_asr_in_steps=options.partial_asr_in_steps)
 
 
 def whisper_threads(options: ModelOptions) -> int:
