@@ -64,7 +64,8 @@ class ModelOptions:
     # (bench/RESULTS.md, `separate-partial-asr`: p50 1.07, p95 1.05).
     separate_partial_asr: bool = False
     # A partial pass on the shared Whisper is two jobs, its encoder and its decoder, and a final pass
-    # that comes meanwhile goes between them (CascadeModels.transcribe).
+    # that comes meanwhile goes between them (CascadeModels.transcribe). At 4 sessions the final pass's
+    # wait for Whisper 115 -> 32 ms on average, p50 0.85, p95 1.04 (bench/RESULTS.md, `partial-asr-in-steps-load`).
     partial_asr_in_steps: bool = True
     spinning_threads: bool = False  # see keep_numpy_single_threaded and PiperSynthesizer
 
