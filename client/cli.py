@@ -64,9 +64,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="on a CPU, partial transcripts on their own one-thread Whisper at the lowest priority, so "
                             "that a final pass never waits for a partial one in flight (default: one Whisper, which "
                             "serves final passes first; the separate one did not pay on 2 cores)")
-    group.add_argument("--partial-asr-in-steps", action=argparse.BooleanOptionalAction, default=True,
+    group.add_argument("--asr-in-steps", "--partial-asr-in-steps", action=argparse.BooleanOptionalAction, default=True,
                        help="take a partial transcript's Whisper pass in two jobs, encoder then decoder, so that a "
-                            "final pass that comes meanwhile waits only for the encoder (default: on)")
+                            "final pass that comes meanwhile waits only for the encoder, and stop a speculative pass "
+                            "after its encoder once its pause has ended (default: on)")
     group.add_argument("--spinning-threads", action="store_true",
                        help="let numpy's BLAS (several threads) and Piper's onnxruntime threads busy-wait between calls, "
                             "as they do by default; on a small CPU that spinning takes the cores from the next model "
@@ -87,7 +88,7 @@ def _model_options(args: argparse.Namespace):
                         xtts_voice_dir=args.xtts_voice_dir,
                         xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads,
                         asr_threads=args.asr_threads, separate_partial_asr=args.separate_partial_asr,
-                        partial_asr_in_steps=args.partial_asr_in_steps,
+                        asr_in_steps=args.asr_in_steps,
                         spinning_threads=args.spinning_threads)
 
 

@@ -279,6 +279,52 @@ def test_a_final_pass_goes_before_the_decoder_of_a_partial_pass_already_encoding
     assert partial_text.text and partial_text.text == whisper.transcribe(partial_audio).text  # taken in two jobs, the same words
 
 
+def test_a_final_pass_given_up_while_encoding_skips_its_decoder(whisper, clips):
+    """A speculative pass whose pause ended (the user went on) is cancelled: the encoder cannot be
+    stopped, but the decoder is not run, and the next pass starts right after the encoder."""
+    import threading
+
+    from voxloop.voice.models import CascadeModels
+
+    audio = load_audio(clips["1089-134691-0001"].path, 16000)
+    steps: list[str] = []
+    encoding, release = threading.Event(), threading.Event()
+    encode, decode = whisper.encode, whisper.decode
+
+    def recorded_encode(samples):
+        steps.append("encode")
+        if len(steps) == 1:
+            encoding.set()
+            release.wait(30)  # the first pass is still encoding when its caller gives up
+        return encode(samples)
+
+    def recorded_decode(speech):
+        steps.append("decode")
+        return decode(speech)
+
+    models = CascadeModels(vad=None, asr=whisper, llm=None, tts=None)
+    whisper.encode, whisper.decode = recorded_encode, recorded_decode
+
+    async def give_up_then_transcribe_again():
+        speculative = asyncio.create_task(models.transcribe(audio))
+        assert await asyncio.to_thread(encoding.wait, 30)
+        speculative.cancel()
+        await asyncio.gather(speculative, return_exceptions=True)
+        following = asyncio.create_task(models.transcribe(audio))
+        release.set()
+        return speculative, await asyncio.wait_for(following, 30)
+
+    try:
+        speculative, following = asyncio.run(give_up_then_transcribe_again())
+    finally:
+        release.set()
+        del whisper.encode, whisper.decode
+        models._asr_worker.shutdown()
+    assert speculative.cancelled()
+    assert steps == ["encode", "encode", "decode"]
+    assert word_error_rate(clips["1089-134691-0001"].transcript, following.text) <= WER_BOUND
+
+
 def test_whisper_threads_default_to_half_the_cores_unless_asked(monkeypatch):
     from voxloop.voice.models import ModelOptions, whisper_threads
 

@@ -7,8 +7,10 @@ worker decodes every session's request in one step (voice/llm_batch.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -64,9 +66,11 @@ class ModelOptions:
     # (bench/RESULTS.md, `separate-partial-asr`: p50 1.07, p95 1.05).
     separate_partial_asr: bool = False
     # A partial pass on the shared Whisper is two jobs, its encoder and its decoder, and a final pass
-    # that comes meanwhile goes between them (CascadeModels.transcribe). At 4 sessions the final pass's
-    # wait for Whisper 115 -> 32 ms on average, p50 0.85, p95 1.04 (bench/RESULTS.md, `partial-asr-in-steps-load`).
-    partial_asr_in_steps: bool = True
+    # that comes meanwhile goes between them; a final pass whose caller gave up (a speculative pass
+    # whose pause ended) stops after its encoder (CascadeModels.transcribe). At 4 sessions the final
+    # pass's wait for Whisper 115 -> 32 ms on average, p50 0.85, p95 1.04 (bench/RESULTS.md,
+    # `partial-asr-in-steps-load`, which split the partial passes only).
+    asr_in_steps: bool = True
     spinning_threads: bool = False  # see keep_numpy_single_threaded and PiperSynthesizer
 
 
@@ -78,21 +82,36 @@ class CascadeModels:
     tts: SpeechSynthesizer
     load_seconds: dict[str, float] = field(default_factory=dict)
     partial_asr: tuple[WhisperTranscriber, PriorityWorker] | None = None  # see ModelOptions.separate_partial_asr
-    partial_asr_in_steps: bool = True  # see ModelOptions.partial_asr_in_steps
+    asr_in_steps: bool = True  # see ModelOptions.asr_in_steps
     _asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
 
     async def transcribe(self, audio16k: np.ndarray, urgent: bool = True) -> Transcript:
         """`urgent=False` for partial transcripts: on their own model when there is one, else after any
         session's final pass, which also goes before a partial pass's decoder once its encoder has run.
         A final pass that came while a partial one was running waited for all of it, up to 340 ms
-        on a 10 s turn on the 2-core Xeon: a pass cannot be stopped, but it can be taken in two jobs."""
+        on a 10 s turn on the 2-core Xeon: a pass cannot be stopped, but it can be taken in two jobs.
+
+        Cancelling the await drops the pass if it has not started, and skips its decoder if it is
+        still encoding: a speculative pass whose pause ended (the user went on) stops there, and the
+        next pause's pass waits for less."""
         if not urgent and self.partial_asr is not None:
             model, worker = self.partial_asr
             return await worker.run(model.transcribe, audio16k)
-        if urgent or not self.partial_asr_in_steps:
+        if not self.asr_in_steps:
             return await self._asr_worker.run(self.asr.transcribe, audio16k, urgent=urgent)
+        if urgent:  # one job, so that no partial pass's decoder can come between its halves
+            dropped = threading.Event()
+            try:
+                return await self._asr_worker.run(self._transcribe_unless_dropped, audio16k, dropped)
+            except asyncio.CancelledError:
+                dropped.set()
+                raise
         encoded = await self._asr_worker.run(self.asr.encode, audio16k, urgent=False)
         return await self._asr_worker.run(self.asr.decode, encoded, urgent=False)
+
+    def _transcribe_unless_dropped(self, audio16k: np.ndarray, dropped: threading.Event) -> Transcript | None:
+        encoded = self.asr.encode(audio16k)
+        return None if dropped.is_set() else self.asr.decode(encoded)  # None: nobody is waiting for it
 
     async def warm_up(self) -> None:
         """One pass through every model, so the first user does not pay for lazy initialisation."""
@@ -206,7 +225,7 @@ def load_cascade(options: ModelOptions, console: Console | None = None) -> Casca
             progress.advance(task)
         progress.update(task, description="models loaded")
     return CascadeModels(*loaded[:4], load_seconds=seconds, partial_asr=loaded[4] if len(loaded) > 4 else None,
-                         partial_asr_in_steps=options.partial_asr_in_steps)
+                         asr_in_steps=options.asr_in_steps)
 
 
 def whisper_threads(options: ModelOptions) -> int:
