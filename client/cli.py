@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: %(default)s)")
     turns.add_argument("--eagerness", choices=EAGERNESS,
                        help="turn detection is the Realtime API's semantic_vad at this eagerness: 'high' ends a clearly "
-                            "finished sentence after 200 ms and starts the reply after 100 ms, 'low' waits 800 ms (1.5 s "
+                            "finished sentence after 200 ms, 'low' waits 800 ms (1.5 s "
                             "for unfinished words), 'auto'/'medium' are the server_vad defaults; the other turn flags, "
                             "where they differ from their defaults, change that preset (default: server_vad)")
     turns.add_argument("--finished-silence-ms", type=int, default=defaults.finished_silence_ms,

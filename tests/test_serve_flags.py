@@ -14,8 +14,8 @@ def test_without_eagerness_the_flags_make_server_vad():
 
 def test_eagerness_picks_the_semantic_preset_and_the_flags_given_change_it():
     high = turn_detection("--eagerness", "high")
-    assert (high.type, high.eagerness, high.finished_silence_ms, high.eager_after_ms) == ("semantic_vad", "high", 200, 100)
+    assert (high.type, high.eagerness, high.finished_silence_ms, high.eager_after_ms) == ("semantic_vad", "high", 200, 64)
     changed = turn_detection("--eagerness", "high", "--finished-silence-ms", "300", "--silence-ms", "600")
-    assert (changed.finished_silence_ms, changed.silence_duration_ms, changed.eager_after_ms) == (300, 600, 100)
+    assert (changed.finished_silence_ms, changed.silence_duration_ms, changed.eager_after_ms) == (300, 600, 64)
     low = turn_detection("--eagerness", "low")
     assert (low.silence_duration_ms, low.unfinished_silence_ms) == (800, 1500)

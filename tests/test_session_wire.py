@@ -47,7 +47,7 @@ def test_semantic_vad_sets_its_pauses_from_eagerness_and_is_echoed_as_such():
     high = apply_session_update(SessionConfig(), semantic_update(eagerness="high"))
     echoed = echoed_turn_detection(high)
     assert (echoed["type"], echoed["eagerness"]) == ("semantic_vad", "high")
-    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"], echoed["unfinished_rule"]) == (200, 100, "llm")
+    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"], echoed["unfinished_rule"]) == (200, 64, "llm")
     # Another eagerness starts from its own preset, not from high's settings.
     low = apply_session_update(high, semantic_update(eagerness="low")).turn_detection
     assert (low.finished_silence_ms, low.silence_duration_ms, low.unfinished_silence_ms, low.eager_after_ms) == (0, 800, 1500, 160)
@@ -70,7 +70,7 @@ def test_back_to_server_vad_drops_the_semantic_preset_and_echoes_no_eagerness():
     server = apply_session_update(semantic, turn_update())
     echoed = echoed_turn_detection(server)
     assert echoed["type"] == "server_vad" and "eagerness" not in echoed
-    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"]) == (350, 100)
+    assert (echoed["finished_silence_ms"], echoed["eager_after_ms"]) == (350, 64)
 
 
 @pytest.mark.parametrize("turn, param", [({"type": "semantic_vad", "eagerness": "eager"}, "eagerness"),

@@ -38,10 +38,13 @@ class TurnDetectionConfig:
     # open a turn nor interrupt the assistant.
     min_speech_ms: int = 160
     # Extension: after this much silence the turn's transcription and reply start
-    # speculatively (0 turns it off); they are discarded if the user goes on. 100 rather than
-    # 160 pays only together with finished_silence_ms: with every turn waiting 500 ms the work
-    # fitted inside the pause either way (four interleaved runs, p50 0.96-1.00).
-    eager_after_ms: int = 100
+    # speculatively (0 turns it off); they are discarded if the user goes on. Counted in the
+    # VAD's 32 ms frames: 100 meant 128. Starting sooner pays where the work after the eager
+    # start outlasts the pause that ends the turn: on the 2-core EPYC, 64 against 100 gave
+    # p50 0.84, p95 0.94, faster in 27 of 32 paired turns, with as many speculative starts (53
+    # -> 54); on the faster Xeon it was neutral (0.99, 1.10). 32 against 64 was within the
+    # noise (0.93, 1.04; faster in 19 of 32) (bench/RESULTS.md, `eager-64-epyc`, `eager-32-epyc`, `eager-64`).
+    eager_after_ms: int = 64
     # Extension: the pause that ends a turn whose words sound unfinished ("... and", no
     # final punctuation), instead of silence_duration_ms.
     unfinished_silence_ms: int = 900
@@ -88,9 +91,10 @@ class TurnDetectionConfig:
 # What semantic_vad's eagerness sets. The Realtime API says only that "low" waits longer for the
 # user to go on and "high" answers sooner; here the judge of the words (the LLM's sentence-end
 # probability and Whisper's punctuation) decides, and eagerness sets how long each verdict waits.
-# "high" ends a clearly finished sentence after 200 ms and starts the reply after 100 ms of
-# silence: on the H100 p50 0.66x, with 3 of 8 turns cut before the speaker finished against 1 of 8
-# (bench/RESULTS.md, "The cascade on a GPU", session 5); on the 2-core Xeon, now that the turn's
+# "high" ends a clearly finished sentence after 200 ms. Measured when it also started the reply
+# after 100 ms of silence, sooner than the default then (both now start at the default): on the
+# H100 p50 0.66x, with 3 of 8 turns cut before the speaker finished against 1 of 8 (bench/RESULTS.md,
+# "The cascade on a GPU", session 5); on the 2-core Xeon, now that the turn's
 # work about fits the pause, p50 0.86 with 18 of 32 turns cut at a mid-sentence pause against 15
 # (`semantic-high-xeon`, session 10). "auto" and "medium" are server_vad's defaults (a clearly
 # finished sentence ends after 350 ms). "low" is not measured: it only waits longer, which costs
@@ -100,7 +104,7 @@ SEMANTIC_EAGERNESS: dict[str, dict[str, int | float]] = {
             "finished_silence_ms": 0, "eager_after_ms": 160},
     "medium": {},
     "auto": {},
-    "high": {"finished_silence_ms": 200, "finished_threshold": 0.2, "eager_after_ms": 100},
+    "high": {"finished_silence_ms": 200, "finished_threshold": 0.2},
 }
 
 
