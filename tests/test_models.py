@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import time
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 
 import numpy as np
 import pytest
@@ -195,8 +196,6 @@ def _thread_nice_values() -> dict[int, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU priority is a Linux facility")
 def test_partial_transcripts_have_their_own_low_priority_whisper_so_a_final_pass_never_waits(clips):
-    import threading
-
     from voxloop.voice.models import CascadeModels, _partial_whisper
 
     baseline = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -231,48 +230,57 @@ def test_partial_transcripts_have_their_own_low_priority_whisper_so_a_final_pass
     assert word_error_rate(reference, partial_text.text) <= WER_BOUND
 
 
-def test_a_final_pass_goes_before_the_decoder_of_a_partial_pass_already_encoding(whisper, clips):
-    import threading
+@contextmanager
+def whisper_steps(whisper: WhisperTranscriber, label, hold):
+    """Records each half of `whisper`'s passes as (half, label(audio)) and holds the first encoder
+    whose audio `hold` picks until `release` is set. Yields (steps, encoding, release)."""
+    steps: list[tuple[str, str]] = []
+    encoding, release = threading.Event(), threading.Event()
+    encode, decode = whisper.encode, whisper.decode
 
+    def recorded_encode(audio):
+        steps.append(("encode", label(audio)))
+        if hold(audio) and not encoding.is_set():
+            encoding.set()
+            release.wait(30)
+        return encode(audio)
+
+    def recorded_decode(speech):
+        steps.append(("decode", label(speech.audio)))
+        return decode(speech)
+
+    whisper.encode, whisper.decode = recorded_encode, recorded_decode
+    try:
+        yield steps, encoding, release
+    finally:
+        release.set()
+        del whisper.encode, whisper.decode
+
+
+def test_a_final_pass_goes_before_the_decoder_of_a_partial_pass_already_encoding(whisper, clips):
     from voxloop.voice.models import CascadeModels
 
     clip = clips["1089-134691-0001"]
     final_audio = load_audio(clip.path, 16000)
     partial_audio = final_audio[: final_audio.size // 2]
-    steps: list[tuple[str, str]] = []
-    encoding, release = threading.Event(), threading.Event()
-    encode, decode = whisper.encode, whisper.decode
 
     def which(audio: np.ndarray) -> str:
         return "partial" if audio.size == partial_audio.size else "final"
 
-    def recorded_encode(audio):
-        steps.append(("encode", which(audio)))
-        if which(audio) == "partial":
-            encoding.set()
-            release.wait(30)  # the partial pass's encoder runs until the final pass has come
-        return encode(audio)
-
-    def recorded_decode(speech):
-        steps.append(("decode", which(speech.audio)))
-        return decode(speech)
-
     models = CascadeModels(vad=None, asr=whisper, llm=None, tts=None)
-    whisper.encode, whisper.decode = recorded_encode, recorded_decode
 
-    async def final_pass_during_a_partial_one():
+    async def final_pass_during_a_partial_one(encoding, release):
         partial = asyncio.create_task(models.transcribe(partial_audio, urgent=False))
-        assert await asyncio.to_thread(encoding.wait, 30)
+        assert await asyncio.to_thread(encoding.wait, 30)  # the partial pass's encoder runs until the final pass has come
         final = asyncio.create_task(models.transcribe(final_audio))
         await asyncio.sleep(0.05)  # the final pass is queued behind the encoder
         release.set()
         return await asyncio.wait_for(final, 30), await asyncio.wait_for(partial, 30)
 
     try:
-        final_text, partial_text = asyncio.run(final_pass_during_a_partial_one())
+        with whisper_steps(whisper, label=which, hold=lambda audio: which(audio) == "partial") as (steps, encoding, release):
+            final_text, partial_text = asyncio.run(final_pass_during_a_partial_one(encoding, release))
     finally:
-        release.set()
-        del whisper.encode, whisper.decode
         models._asr_worker.shutdown()
     assert steps == [("encode", "partial"), ("encode", "final"), ("decode", "final"), ("decode", "partial")]
     assert word_error_rate(clip.transcript, final_text.text) <= WER_BOUND
@@ -282,32 +290,14 @@ def test_a_final_pass_goes_before_the_decoder_of_a_partial_pass_already_encoding
 def test_a_final_pass_given_up_while_encoding_skips_its_decoder(whisper, clips):
     """A speculative pass whose pause ended (the user went on) is cancelled: the encoder cannot be
     stopped, but the decoder is not run, and the next pass starts right after the encoder."""
-    import threading
-
     from voxloop.voice.models import CascadeModels
 
     audio = load_audio(clips["1089-134691-0001"].path, 16000)
-    steps: list[str] = []
-    encoding, release = threading.Event(), threading.Event()
-    encode, decode = whisper.encode, whisper.decode
-
-    def recorded_encode(samples):
-        steps.append("encode")
-        if len(steps) == 1:
-            encoding.set()
-            release.wait(30)  # the first pass is still encoding when its caller gives up
-        return encode(samples)
-
-    def recorded_decode(speech):
-        steps.append("decode")
-        return decode(speech)
-
     models = CascadeModels(vad=None, asr=whisper, llm=None, tts=None)
-    whisper.encode, whisper.decode = recorded_encode, recorded_decode
 
-    async def give_up_then_transcribe_again():
+    async def give_up_then_transcribe_again(encoding, release):
         speculative = asyncio.create_task(models.transcribe(audio))
-        assert await asyncio.to_thread(encoding.wait, 30)
+        assert await asyncio.to_thread(encoding.wait, 30)  # the first pass is still encoding when its caller gives up
         speculative.cancel()
         await asyncio.gather(speculative, return_exceptions=True)
         following = asyncio.create_task(models.transcribe(audio))
@@ -315,13 +305,12 @@ def test_a_final_pass_given_up_while_encoding_skips_its_decoder(whisper, clips):
         return speculative, await asyncio.wait_for(following, 30)
 
     try:
-        speculative, following = asyncio.run(give_up_then_transcribe_again())
+        with whisper_steps(whisper, label=lambda audio: "pass", hold=lambda audio: True) as (steps, encoding, release):
+            speculative, following = asyncio.run(give_up_then_transcribe_again(encoding, release))
     finally:
-        release.set()
-        del whisper.encode, whisper.decode
         models._asr_worker.shutdown()
     assert speculative.cancelled()
-    assert steps == ["encode", "encode", "decode"]
+    assert [half for half, _ in steps] == ["encode", "encode", "decode"]
     assert word_error_rate(clips["1089-134691-0001"].transcript, following.text) <= WER_BOUND
 
 
