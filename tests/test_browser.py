@@ -181,11 +181,14 @@ def test_without_webrtc_the_reply_plays_directly_and_the_page_says_to_use_headph
 
 
 def test_barge_in_flushes_playback_and_truncates_to_what_was_played(server: ServerProcess, tmp_path: Path) -> None:
-    # The same sentence again and again, the pauses growing by 1 s: as long as a reply lasts over 1 s
-    # and starts within 9 s (a busy 2-core machine), one of the repeats begins while it plays. The
-    # test ends at the first such barge-in, usually the first or second.
+    # The same sentence again and again, the pauses growing: by 0.5 s up to 4 s, then by 1 s up to 9 s.
+    # A repeat barges in when it begins while a reply plays, so the pauses must be finer than the
+    # shortest reply (over 1 s) from the first one that ends a turn. A fast machine starts playing
+    # ~0.6 s after the speech and a short reply ends by ~2.1 s: pauses starting at 2.5 s once missed
+    # every reply. A busy machine that starts within 9 s is caught by the later, longer pauses.
+    # The test ends at the first barge-in, usually within the first few repeats.
     spoken = find_clip(CLIP)
-    gaps_s = [2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5]
+    gaps_s = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
     microphone = _fake_microphone(tmp_path / "mic.wav", [spoken] * (len(gaps_s) + 1), gaps_s, tail_s=40.0)
     with _browser_tab(microphone) as tab:
         page = tab.page
