@@ -197,7 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                     history_window=args.history_window,
                                                                                     llm_prewarm=args.llm_prewarm,
                                                                                     llm_prewarm_words=args.llm_prewarm_words,
-                                                                                    judge_in_reply=args.judge_in_reply)),
+                                                                                    judge_in_reply=args.judge_in_reply,
+                                                                                    settle_pauses=args.settle_pauses)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --unfinished-rule llm, judge the words before a pause in the speculative reply's own "
                             "prompt evaluation, so the verdict and the first token come from one decode (embedded "
                             "batched LLM only; default: %(default)s)")
+    turns.add_argument("--settle-pauses", action=argparse.BooleanOptionalAction, default=SessionConfig.settle_pauses,
+                       help="settle the words before a pause inside a turn once a later partial transcript agrees with "
+                            "them, so Whisper's final pass transcribes only what follows (default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

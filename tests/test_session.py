@@ -77,6 +77,41 @@ def test_a_mid_turn_pause_shorter_than_the_hangover_keeps_one_turn_and_its_specu
     assert timings["speculations"] == 2  # one per pause: the first was dropped when speech resumed
 
 
+def test_the_words_before_a_pause_settle_while_the_user_speaks_and_the_final_pass_takes_only_the_rest(models, monkeypatch):
+    first = load_audio(clip("arctic_a0039_1592747680").path, RATE)  # 2.7 s
+    second = load_audio(clip("arctic_a0024_1592747999").path, RATE)  # 3.6 s
+    audio = np.concatenate([first, np.zeros(int(0.4 * RATE), np.float32), second, np.zeros(3 * RATE, np.float32)])
+    reference = ("the ship should be in within a week or ten days it was my reports from the north which chiefly "
+                 "induced people to buy")
+    # The pause must not end the turn, even as one between two clearly finished sentences.
+    turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, finished_silence_ms=0)
+    final_passes: list[float] = []
+    transcribe = models.transcribe
+
+    async def recording(audio16k, urgent=True):
+        if urgent:
+            final_passes.append(audio16k.size / 16000)
+        return await transcribe(audio16k, urgent)
+
+    monkeypatch.setattr(models, "transcribe", recording)
+    for settle in (True, False):
+        final_passes.clear()
+        # Three times slower than real time, so that the partial passes keep up on a loaded machine.
+        events = run_session(models, audio, turns, config=SessionConfig(settle_pauses=settle), slowdown=3.0)
+        timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+        transcript = next(e["transcript"] for e in events
+                          if e["type"] == "conversation.item.input_audio_transcription.completed")
+        assert word_error_rate(reference, transcript) < 0.25, (settle, transcript)
+        assert timings["asr_audio_s"] > 6.5, timings  # the whole turn, settled or not
+        if settle:
+            # The first sentence and the start of the pause settled; the turn's last pass took only
+            # the rest: the end of the pause, the second sentence and the 100 ms kept after it.
+            assert 2.7 < timings["asr_settled_s"] < 3.1, timings
+            assert final_passes[-1] < 0.4 + 3.6 + 0.1, final_passes
+        else:
+            assert timings["asr_settled_s"] == 0 and final_passes[-1] > 6.5, (timings, final_passes)
+
+
 def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):
     speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
     audio = np.concatenate([speech, np.zeros(RATE, np.float32)])

@@ -48,9 +48,9 @@ def test_a_short_pause_is_reported_for_speculation_and_withdrawn_when_speech_res
     probs = [0.9] * 20 + [0.0] * 8 + [0.9] * 10 + [0.0] * 20
     events = run(probs, eager_after_ms=160, silence_duration_ms=480, min_speech_ms=64)
     assert [type(e) for _, e in events] == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechStopped]
-    (_, _), (paused_at, first_pause), (resumed_at, _), (_, second_pause), (stopped_at, stopped) = events
+    (_, _), (paused_at, first_pause), (resumed_at, resumed), (_, second_pause), (stopped_at, stopped) = events
     assert paused_at == 20 + 5 - 1 and first_pause.audio_end_ms == 20 * FRAME_MS
-    assert resumed_at == 28
+    assert resumed_at == 28 and resumed == SpeechResumed(audio_end_ms=20 * FRAME_MS, silence_ms=8 * FRAME_MS)
     assert second_pause.audio_end_ms == stopped.audio_end_ms == 38 * FRAME_MS  # same audio: speculation holds
     assert stopped_at == 38 + 15 - 1
 

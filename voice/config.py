@@ -34,6 +34,10 @@ class SessionConfig:
     # prompt evaluation, where the LLM can (the embedded batched one): the verdict and the first
     # token then come from one decode, not two requests one after the other.
     judge_in_reply: bool = True
+    # With partial_transcripts, settle the words before a pause inside a turn once a later partial
+    # transcript agrees with them, so later passes transcribe only the audio after it
+    # (voice/settled_speech.py): the final pass of a long turn is short.
+    settle_pauses: bool = True
 
     def reply_settings(self) -> GenerationSettings:
         """The generation settings for a reply. The sentence limit holds the model to the default

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -28,6 +27,7 @@ from voxloop.voice.history import Conversation, ConversationItem
 from voxloop.voice.llm import WordsJudgment
 from voxloop.voice.models import CascadeModels
 from voxloop.voice.sample_buffer import SampleBuffer
+from voxloop.voice.settled_speech import SettledSpeech, agreed_prefix
 from voxloop.voice.speculation import PrefetchedReply, Speculation, longest_hold, unfinished_hold, without_final_punctuation
 from voxloop.voice.turns import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
 from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
@@ -68,6 +68,7 @@ class SessionError(Exception):
 class UserTurn:
     item_id: str
     start_sample: int
+    settled: SettledSpeech
     partials: asyncio.Task | None = None
     speculation: Speculation | None = None
     speculations: int = 0  # started in this turn: more than one means the user paused and went on
@@ -169,7 +170,7 @@ class VoiceSession:
             elif isinstance(outcome, SpeechPaused):
                 self._on_speech_paused(outcome.audio_end_ms)
             elif isinstance(outcome, SpeechResumed):
-                self._drop_speculation()
+                self._on_speech_resumed(outcome)
             elif isinstance(outcome, SpeechStopped):
                 self._ending_silence_ms = outcome.silence_ms
                 await self._on_speech_stopped(outcome.audio_end_ms)
@@ -196,7 +197,7 @@ class VoiceSession:
     async def _on_speech_started(self, audio_start_ms: int) -> None:
         turn_detection = self.config.turn_detection
         start = max(self._commit_start, _ms_to_samples(audio_start_ms - turn_detection.prefix_padding_ms))
-        self._turn = UserTurn(ev.new_id("item"), start)
+        self._turn = UserTurn(ev.new_id("item"), start, SettledSpeech(start))
         await self.emit({"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms, "item_id": self._turn.item_id})
         if turn_detection.interrupt_response:
             await self._interrupt("turn_detected")
@@ -211,8 +212,7 @@ class VoiceSession:
         if turn is None:
             return
         self._drop_speculation()
-        end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
-        speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
+        speculation = self._speculation(turn, audio_end_ms)
         speculation.marks["speech_paused"] = time.monotonic()
         speculation.task = asyncio.create_task(self._speculate(speculation))
         turn.speculation = speculation
@@ -221,11 +221,32 @@ class VoiceSession:
         if turn_detection.end_after_judgment:  # until the words are judged, the pause may be a long one
             self._detector.hold_pause(longest_hold(turn_detection))
 
+    def _speculation(self, turn: UserTurn, audio_end_ms: int) -> Speculation:
+        """The turn's audio up to `audio_end_ms` (and a little after), to transcribe from its settled start."""
+        end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
+        start, words = turn.settled.snapshot()
+        return Speculation(audio_end_ms, end, self._audio.slice(start, end), settled_words=words,
+                           settled_samples=start - turn.start_sample)
+
+    def _on_speech_resumed(self, resumed: SpeechResumed) -> None:
+        """The user went on: the pause's speculation is dropped, and the words before the pause may settle."""
+        turn = self._turn
+        if turn is None:
+            return
+        if self.config.settle_pauses and self.config.partial_transcripts:
+            speculation = turn.speculation
+            transcribed = None
+            if speculation is not None and speculation.transcript is not None and speculation.audio_end_ms == resumed.audio_end_ms:
+                transcribed = (speculation.end_sample, speculation.transcript)
+            turn.settled.paused(resumed.audio_end_ms, resumed.silence_ms, transcribed)
+        self._drop_speculation()
+
     async def _speculate(self, speculation: Speculation) -> Transcript:
         turn_detection = self.config.turn_detection
         hold_ms = turn_detection.silence_duration_ms if turn_detection else 0
         try:
-            transcript = await self.models.transcribe(speculation.audio)
+            transcript = speculation.whole_turn(await self.models.transcribe(speculation.audio))
+            speculation.transcript = transcript
             speculation.marks.update(transcript_final=time.monotonic(), asr_started=transcript.started)
             if turn_detection is None:
                 return transcript
@@ -300,10 +321,10 @@ class VoiceSession:
             self._spawn(speculation.cancel())
             speculation, status = None, "stale"
         if speculation is None:
-            end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
-            speculation = Speculation(audio_end_ms, end, self._audio.slice(turn.start_sample, end))
+            speculation = self._speculation(turn, audio_end_ms)
         speculation.marks.update(speech_stopped=stopped_at, speculation=status, speculations=turn.speculations,
-                                 end_silence_ms=self._ending_silence_ms, unfinished=speculation.unfinished)
+                                 end_silence_ms=self._ending_silence_ms, unfinished=speculation.unfinished,
+                                 asr_settled_s=speculation.settled_samples / SAMPLE_RATE)
         if speculation.sentence_end is not None:
             speculation.marks["sentence_end_p"] = round(speculation.sentence_end, 4)
         await self._commit(turn.item_id, speculation.audio, speculation.end_sample, speculation.marks,
@@ -326,8 +347,7 @@ class VoiceSession:
         await self.emit({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         await self.emit({"type": "conversation.item.added", "previous_item_id": previous,
                          "item": ev.user_item(item_id, transcript=None, status="in_progress")})
-        pending = speculation.task if speculation is not None else None
-        transcription = self._spawn(self._transcribe(item, audio, marks, pending))
+        transcription = self._spawn(self._transcribe(item, audio, marks, speculation))
         self._transcriptions.add(transcription)
         transcription.add_done_callback(self._transcriptions.discard)
         if respond and not self.response_active:
@@ -343,9 +363,15 @@ class VoiceSession:
             await speculation.reply.cancel()
 
     async def _transcribe(self, item: ConversationItem, audio: np.ndarray, marks: dict[str, Any],
-                          pending: asyncio.Task | None = None) -> Transcript:
+                          speculation: Speculation | None = None) -> Transcript:
+        """`audio`, the turn's audio after its settled start when a `speculation` gives one."""
         try:
-            transcript = await pending if pending is not None else await self.models.transcribe(audio)
+            if speculation is not None and speculation.task is not None:
+                transcript = await speculation.task
+            else:
+                transcript = await self.models.transcribe(audio)
+                if speculation is not None:
+                    transcript = speculation.whole_turn(transcript)
         except Exception as exc:
             log.exception("transcription failed")
             await self.emit({"type": "conversation.item.input_audio_transcription.failed", "item_id": item.id, "content_index": 0,
@@ -364,16 +390,23 @@ class VoiceSession:
         (local agreement), so partials never take back what they said."""
         previous: list[str] = []
         emitted = 0
+        settled = turn.settled
         while True:
             await asyncio.sleep(PARTIAL_INTERVAL_S)
             # In a pause the turn may be ending; a pass now would only delay the final one.
             if self._detector.silence_ms > 0:
                 continue
-            audio = self._audio.slice(turn.start_sample, self._audio.end)
+            start, settled_words = settled.snapshot()
+            if (pause_end := settled.untranscribed_pause()) is not None:  # this time, the words before a pause
+                head = await self.models.transcribe(self._audio.slice(start, pause_end), urgent=False)
+                settled.transcribed_pause(pause_end, head)
+                continue
+            audio = self._audio.slice(start, self._audio.end)
             if audio.size < MIN_PARTIAL_AUDIO_S * SAMPLE_RATE:
                 continue
-            words = (await self.models.transcribe(audio, urgent=False)).text.split()
-            stable = _agreed_prefix(previous, words)
+            words = settled_words + (await self.models.transcribe(audio, urgent=False)).text.split()
+            settled.agree(words)
+            stable = agreed_prefix(previous, words)
             previous = words
             if stable > emitted:
                 delta = " ".join(words[emitted:stable])
@@ -592,18 +625,6 @@ def _ms_to_samples(ms: float) -> int:
     return max(0, int(ms * SAMPLE_RATE / 1000))
 
 
-_NON_WORD = re.compile(r"[^\w']")
-
-
-def _agreed_prefix(a: list[str], b: list[str]) -> int:
-    count = 0
-    for x, y in zip(a, b):
-        if _NON_WORD.sub("", x.lower()) != _NON_WORD.sub("", y.lower()):
-            break
-        count += 1
-    return count
-
-
 _MONOTONIC_TO_UNIX = time.time() - time.monotonic()
 
 
@@ -618,8 +639,9 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     }
     for name in ("transcript_final", "llm_first_token", "tts_first_audio", "first_audio_sent", "llm_done"):
         timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1) if name in marks else None
-    if "asr_audio_s" in marks:
-        timings["asr_audio_s"] = round(marks["asr_audio_s"], 3)
+    for name in ("asr_audio_s", "asr_settled_s"):  # the turn's audio, and how much of it was settled before its end
+        if name in marks:
+            timings[name] = round(marks[name], 3)
     # Why a turn was slow: optional, present when the path knows them.
     for name in ("speech_paused", "asr_started", "judged", "llm_start", "llm_first_clause"):
         if marks.get(name) is not None:

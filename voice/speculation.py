@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voxloop.voice.asr import Transcript
 from voxloop.voice.cascade import SpeechPiece
+from voxloop.voice.settled_speech import after_settled
 from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
 
 _END = object()
@@ -141,12 +143,19 @@ class PrefetchedReply:
 class Speculation:
     audio_end_ms: int
     end_sample: int
-    audio: np.ndarray
+    audio: np.ndarray  # the turn's audio after its settled start (voice/settled_speech.py), up to end_sample
+    settled_words: list[str] = field(default_factory=list)  # the words of the audio before `audio`
+    settled_samples: int = 0  # how much audio those words settled
     marks: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None  # transcribes, then may start `reply`; returns the Transcript
     reply: PrefetchedReply | None = None
     unfinished: str | None = None  # why its transcript sounded unfinished, if it did (the pause was held)
     sentence_end: float | None = None  # the LLM's sentence-end probability for its words (rule "llm")
+    transcript: Transcript | None = None  # of the whole turn, once its pass finished
+
+    def whole_turn(self, transcript: Transcript) -> Transcript:
+        """`transcript`, of `audio`, with the settled words in front."""
+        return after_settled(self.settled_words, self.settled_samples, transcript)
 
     async def cancel(self) -> None:
         if self.task is not None:

@@ -128,7 +128,8 @@ class SpeechPaused:
 
 @dataclass(frozen=True)
 class SpeechResumed:
-    pass
+    audio_end_ms: int  # where the speech before the pause ended
+    silence_ms: int  # how long the pause lasted
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,11 @@ class TurnDetector:
             return None
 
         if probability >= cfg.threshold - self.HYSTERESIS:
-            resumed = self._paused
+            resumed = None
+            if self._paused:
+                resumed = SpeechResumed(int(self._silence_start_ms), int(frame_start - self._silence_start_ms))
             self._end_pause()
-            return SpeechResumed() if resumed else None
+            return resumed
         if self._silence_start_ms is None:
             self._silence_start_ms = frame_start
         silence = self._elapsed_ms - self._silence_start_ms

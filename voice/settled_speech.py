@@ -1,0 +1,129 @@
+"""The start of a long turn, transcribed for good while the user is still speaking.
+
+Whisper's final pass at the end of a turn used to transcribe the whole utterance: on a 10 s
+turn most of its 400 ms went to words that had been clear for seconds. Now a pause inside the
+turn can split it. The words before the pause are transcribed on their own: by the pause's
+speculative pass, or by the next partial pass when the user went on before that one finished.
+Once a later partial transcript of the growing utterance starts with those same words (local
+agreement), the audio up to the pause is settled. Every later pass, partial or final,
+transcribes only what follows it and puts the settled words in front.
+
+A pause is a clean place to cut, as no word straddles it. The pass on the rest loses only
+Whisper's context for punctuation and capitals, and the settled words keep the partial
+transcript's own, which saw both sides of the pause.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from voxloop.voice.asr import SAMPLE_RATE, Transcript
+
+# A shorter pause may be a soft word ending that the VAD took for silence.
+MIN_PAUSE_MS = 160
+# Settling less is not worth a pass, and a word or two alone is where Whisper guesses worst.
+MIN_HEAD_S = 1.5
+# The most of a pause that goes with the words before it: as the end of a turn keeps
+# (TRAILING_CONTEXT_MS), for Silero calls soft word endings silence early.
+HEAD_TRAILING_MS = 100
+
+_NON_WORD = re.compile(r"[^\w']")
+
+
+def same_word(a: str, b: str) -> bool:
+    """The same word, whatever its case and punctuation."""
+    return _NON_WORD.sub("", a.lower()) == _NON_WORD.sub("", b.lower())
+
+
+def agreed_prefix(a: list[str], b: list[str]) -> int:
+    """How many words the two transcripts agree on from the start."""
+    count = 0
+    for x, y in zip(a, b):
+        if not same_word(x, y):
+            break
+        count += 1
+    return count
+
+
+def _samples(ms: float) -> int:
+    return int(ms * SAMPLE_RATE / 1000)
+
+
+@dataclass
+class _Candidate:
+    """A pause the settled start may move to, once the words before it agree with a later partial."""
+
+    end_sample: int
+    words: list[str] | None = None  # the turn's words up to end_sample; None: not yet transcribed
+
+
+class SettledSpeech:
+    """One turn's settled start: its audio before `end_sample` is `words`.
+
+    Sample positions are the session's audio clock, as the turn's `start_sample` is."""
+
+    def __init__(self, start_sample: int):
+        self.end_sample = start_sample
+        self.words: list[str] = []
+        self._candidate: _Candidate | None = None
+
+    def paused(self, audio_end_ms: int, silence_ms: int, transcribed: tuple[int, Transcript] | None = None) -> None:
+        """The user went on after `silence_ms` of silence from `audio_end_ms`.
+
+        `transcribed`: (end sample, transcript of the whole turn up to it), if the pause's
+        speculative pass finished; it is used if it ends within the pause."""
+        if silence_ms < MIN_PAUSE_MS:
+            return
+        pause_start = _samples(audio_end_ms)
+        resumed = _samples(audio_end_ms + silence_ms)
+        if transcribed is not None and pause_start <= transcribed[0] <= resumed - _samples(MIN_PAUSE_MS / 2):
+            candidate = _Candidate(transcribed[0], transcribed[1].text.split())
+        else:
+            candidate = _Candidate(pause_start + _samples(min(silence_ms / 2, HEAD_TRAILING_MS)))
+        if (candidate.end_sample - self.end_sample) / SAMPLE_RATE < MIN_HEAD_S:
+            return
+        if candidate.words is None and self._candidate is not None and self._candidate.words is not None:
+            return  # the older pause costs no pass to settle
+        self._candidate = candidate
+
+    def untranscribed_pause(self) -> int | None:
+        """The end sample of a pause whose words a partial pass should transcribe next, if any:
+        from `end_sample` to it."""
+        if self._candidate is not None and self._candidate.words is None:
+            return self._candidate.end_sample
+        return None
+
+    def transcribed_pause(self, end_sample: int, transcript: Transcript) -> None:
+        """A partial pass transcribed the audio from `end_sample` to the pause ending at `end_sample`."""
+        if self._candidate is None or self._candidate.end_sample != end_sample:
+            return
+        if not transcript.text:
+            self._candidate = None
+        else:
+            self._candidate.words = self.words + transcript.text.split()
+
+    def agree(self, words: list[str]) -> None:
+        """`words`, a partial transcript of the turn so far, settles the pending pause if it agrees
+        with all of that pause's words and goes on past them. Until one does (tiny Whisper wavers:
+        "ten days" in one pass, "10 days" in the next), the pause waits, or a later one replaces it."""
+        candidate = self._candidate
+        if candidate is None or candidate.words is None:
+            return
+        count = len(candidate.words)
+        if len(words) > count and agreed_prefix(candidate.words, words) == count:
+            self._candidate = None
+            self.end_sample, self.words = candidate.end_sample, words[:count]
+
+    def snapshot(self) -> tuple[int, list[str]]:
+        """Where a pass over the turn starts now, and the words it goes after."""
+        return self.end_sample, list(self.words)
+
+
+def after_settled(settled_words: list[str], settled_samples: int, transcript: Transcript) -> Transcript:
+    """`transcript`, of the audio after the settled start, as a transcript of the whole turn."""
+    if not settled_words:
+        return transcript
+    words = settled_words + transcript.text.split()
+    return replace(transcript, text=" ".join(words), rejected=None,
+                   audio_seconds=transcript.audio_seconds + settled_samples / SAMPLE_RATE)
