@@ -317,10 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --unfinished-rule llm, judge the words before a pause in the speculative reply's own "
                             "prompt evaluation, so the verdict and the first token come from one decode (embedded "
                             "batched LLM only; default: %(default)s)")
-    turns.add_argument("--settle-pauses", choices=["sentences", "any", "off"], default=SessionConfig.settle_pauses,
+    turns.add_argument("--settle-pauses", action=argparse.BooleanOptionalAction, default=SessionConfig.settle_pauses,
                        help="settle the words before a pause inside a turn once a later partial transcript agrees with "
-                            "them, so Whisper's final pass transcribes only what follows: only where that transcript "
-                            "ended a sentence at the pause (sentences), at any pause, or never (default: %(default)s)")
+                            "them, so Whisper's final pass transcribes only what follows: a long turn is answered "
+                            "sooner, but the words just after such a pause are heard with less context (WER +0.009 on "
+                            "the bench's clips; default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

@@ -94,22 +94,25 @@ def test_the_words_before_a_pause_settle_while_the_user_speaks_and_the_final_pas
         return await transcribe(audio16k, urgent)
 
     monkeypatch.setattr(models, "transcribe", recording)
-    for settle in ("sentences", "off"):  # the pause is between two sentences
-        final_passes.clear()
-        # Three times slower than real time, so that the partial passes keep up on a loaded machine.
-        events = run_session(models, audio, turns, config=SessionConfig(settle_pauses=settle), slowdown=3.0)
-        timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
-        transcript = next(e["transcript"] for e in events
-                          if e["type"] == "conversation.item.input_audio_transcription.completed")
-        assert word_error_rate(reference, transcript) < 0.25, (settle, transcript)
-        assert timings["asr_audio_s"] > 6.5, timings  # the whole turn, settled or not
-        if settle != "off":
-            # The first sentence and the start of the pause settled; the turn's last pass took only
-            # the rest: the end of the pause, the second sentence and the 100 ms kept after it.
-            assert 2.7 < timings["asr_settled_s"] < 3.1, timings
-            assert final_passes[-1] < 0.4 + 3.6 + 0.1, final_passes
-        else:
-            assert timings["asr_settled_s"] == 0 and final_passes[-1] > 6.5, (timings, final_passes)
+    # Three times slower than real time, so that the partial passes keep up on a loaded machine.
+    events = run_session(models, audio, turns, config=SessionConfig(settle_pauses=True), slowdown=3.0)
+    timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert word_error_rate(reference, transcript) < 0.25, transcript
+    assert timings["asr_audio_s"] > 6.5, timings  # the whole turn, settled or not
+    # The first sentence and the start of the pause settled; the turn's last pass took only the
+    # rest: the end of the pause, the second sentence and the 100 ms kept after it.
+    assert 2.7 < timings["asr_settled_s"] < 3.1, timings
+    assert final_passes[-1] < 0.4 + 3.6 + 0.1, final_passes
+
+
+def test_by_default_nothing_settles_and_the_final_pass_takes_the_whole_turn(models, monkeypatch):
+    first = load_audio(clip("arctic_a0039_1592747680").path, RATE)
+    second = load_audio(clip("arctic_a0024_1592747999").path, RATE)
+    audio = np.concatenate([first, np.zeros(int(0.4 * RATE), np.float32), second, np.zeros(2 * RATE, np.float32)])
+    events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=1500, eager_after_ms=160, finished_silence_ms=0))
+    timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
+    assert timings["asr_settled_s"] == 0 and timings["asr_audio_s"] > 6.5, timings
 
 
 def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):

@@ -12,7 +12,7 @@ def spoken(text: str, seconds: float = 2.0) -> Transcript:
 
 
 def test_a_transcribed_pause_settles_once_a_longer_partial_agrees_and_keeps_the_partials_wording():
-    settled = SettledSpeech(start_sample=1000, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=1000)
     # The speculation at the pause (3 s into the turn) transcribed up to 80 ms into it; the user went on after 300 ms.
     settled.paused(audio_end_ms=3000, silence_ms=300, transcribed=(3080 * MS, spoken(HEAD)))
     assert settled.untranscribed_pause() is None  # nothing left to transcribe for it
@@ -23,18 +23,8 @@ def test_a_transcribed_pause_settles_once_a_longer_partial_agrees_and_keeps_the_
     assert settled.snapshot() == (3080 * MS, settled.words) and settled.snapshot()[1] is not settled.words
 
 
-def test_by_default_only_a_pause_where_the_partial_transcript_ended_a_sentence_settles():
-    settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
-    # The speculation's full stop is no evidence: it heard only one side of the pause.
-    settled.agree("For a full hour he had paced up and down, waiting, but he".split())
-    assert settled.snapshot() == (0, [])
-    settled.agree("For a full hour he had paced up and down, waiting. But he".split())
-    assert settled.snapshot() == (3080 * MS, HEAD.split())
-
-
 def test_a_partial_that_disagrees_settles_nothing_and_a_later_one_that_agrees_does():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
     settled.agree("For a full hour he had raced up and down, waiting, but".split())
     assert settled.snapshot() == (0, [])
@@ -43,7 +33,7 @@ def test_a_partial_that_disagrees_settles_nothing_and_a_later_one_that_agrees_do
 
 
 def test_a_partial_with_no_word_past_the_pause_yet_leaves_it_to_the_next():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
     settled.agree("For a full hour he had paced up and down, waiting.".split())  # the user has only just gone on
     assert settled.snapshot() == (0, [])
@@ -52,7 +42,7 @@ def test_a_partial_with_no_word_past_the_pause_yet_leaves_it_to_the_next():
 
 
 def test_short_pauses_and_short_heads_are_not_worth_settling():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 128, (3080 * MS, spoken(HEAD)))  # a soft word ending, maybe
     settled.paused(1000, 400, (1080 * MS, spoken("For a full")))  # a second of speech
     assert settled.untranscribed_pause() is None
@@ -61,7 +51,7 @@ def test_short_pauses_and_short_heads_are_not_worth_settling():
 
 
 def test_without_a_finished_speculation_the_next_partial_pass_transcribes_the_head():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300)  # the speculation had not finished when the user went on
     end = settled.untranscribed_pause()
     assert end == (3000 + HEAD_TRAILING_MS) * MS  # inside the pause
@@ -72,14 +62,14 @@ def test_without_a_finished_speculation_the_next_partial_pass_transcribes_the_he
 
 
 def test_a_speculation_that_ran_past_the_pause_is_not_used():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     # Its audio ends 20 ms before the user went on: the next word's onset may be in it.
     settled.paused(3000, 200, (3180 * MS, spoken(HEAD)))
     assert settled.untranscribed_pause() == 3100 * MS
 
 
 def test_pauses_settle_one_after_another_and_a_new_pause_replaces_one_still_untranscribed():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
     settled.agree(HEAD.split() + ["but"])
     settled.paused(4000, 300)  # too soon after the settled start
@@ -94,7 +84,7 @@ def test_pauses_settle_one_after_another_and_a_new_pause_replaces_one_still_untr
 
 
 def test_an_untranscribed_pause_does_not_displace_one_that_costs_no_pass():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
     settled.paused(6000, 300)
     assert settled.untranscribed_pause() is None
@@ -103,7 +93,7 @@ def test_an_untranscribed_pause_does_not_displace_one_that_costs_no_pass():
 
 
 def test_a_head_pass_that_found_no_words_gives_the_pause_up():
-    settled = SettledSpeech(start_sample=0, at_sentence_ends=False)
+    settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300)
     end = settled.untranscribed_pause()
     settled.transcribed_pause(end, Transcript("", 3.1, rejected="no words"))

@@ -197,7 +197,7 @@ class VoiceSession:
     async def _on_speech_started(self, audio_start_ms: int) -> None:
         turn_detection = self.config.turn_detection
         start = max(self._commit_start, _ms_to_samples(audio_start_ms - turn_detection.prefix_padding_ms))
-        self._turn = UserTurn(ev.new_id("item"), start, SettledSpeech(start, self.config.settle_pauses == "sentences"))
+        self._turn = UserTurn(ev.new_id("item"), start, SettledSpeech(start))
         await self.emit({"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms, "item_id": self._turn.item_id})
         if turn_detection.interrupt_response:
             await self._interrupt("turn_detected")
@@ -233,7 +233,7 @@ class VoiceSession:
         turn = self._turn
         if turn is None:
             return
-        if self.config.settle_pauses != "off" and self.config.partial_transcripts:
+        if self.config.settle_pauses and self.config.partial_transcripts:
             speculation = turn.speculation
             transcribed = None
             if speculation is not None and speculation.transcript is not None and speculation.audio_end_ms == resumed.audio_end_ms:

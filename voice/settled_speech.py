@@ -9,11 +9,14 @@ agreement), the audio up to the pause is settled. Every later pass, partial or f
 transcribes only what follows it and puts the settled words in front.
 
 A pause is a clean place to cut, as no word straddles it, but the pass on the rest loses the
-sentence it continues. Tiny Whisper then guesses words from less context ("beat self-dick"
-for "beat Celtic" after "football") and ends the rest on a comma more often: the turn detector
-holds a trailing comma as unfinished. So by default a pause settles only where the partial
-transcript, which heard both sides of it, ended a sentence: the rest then starts a sentence of
-its own, as Whisper expects. The settled words keep the partial transcript's punctuation.
+sentence it continues, and tiny Whisper then guesses its first words from less context. In two
+interleaved runs on the 2-core EPYC it answered p50 0.95 and 0.89, p95 1.00 and 0.82 of the
+whole-turn pass, for the same four words more wrong in 458 ("beat self-dick" for "beat Celtic"
+after "football", "maybe consider it" for "may be considered"): WER +0.009. The issue's targets
+allow no WER regression, so it is off by default (`--settle-pauses`; bench/RESULTS.md,
+`settle-pauses`, `settle-any-2`). Settling only where the partial transcript ended a sentence
+kept the context but settled 1 turn in 32 (`settle-sentences`). The settled words keep the
+partial transcript's punctuation, which heard both sides of the pause.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ MIN_HEAD_S = 1.5
 # The most of a pause that goes with the words before it: as the end of a turn keeps
 # (TRAILING_CONTEXT_MS), for Silero calls soft word endings silence early.
 HEAD_TRAILING_MS = 100
-SENTENCE_END = (".", "?", "!")
 
 _NON_WORD = re.compile(r"[^\w']")
 
@@ -67,11 +69,9 @@ class SettledSpeech:
 
     Sample positions are the session's audio clock, as the turn's `start_sample` is."""
 
-    def __init__(self, start_sample: int, at_sentence_ends: bool = True):
-        """`at_sentence_ends`: settle only the words of whole sentences (see the module's doc)."""
+    def __init__(self, start_sample: int):
         self.end_sample = start_sample
         self.words: list[str] = []
-        self.at_sentence_ends = at_sentence_ends
         self._candidate: _Candidate | None = None
 
     def paused(self, audio_end_ms: int, silence_ms: int, transcribed: tuple[int, Transcript] | None = None) -> None:
@@ -111,16 +111,13 @@ class SettledSpeech:
 
     def agree(self, words: list[str]) -> None:
         """`words`, a partial transcript of the turn so far, settles the pending pause if it agrees
-        with all of that pause's words and goes on past them (and, `at_sentence_ends`, ends a
-        sentence at the pause). Until one does (tiny Whisper wavers: "ten days" in one pass,
-        "10 days" in the next), the pause waits, or a later one replaces it."""
+        with all of that pause's words and goes on past them. Until one does (tiny Whisper wavers:
+        "ten days" in one pass, "10 days" in the next), the pause waits, or a later one replaces it."""
         candidate = self._candidate
         if candidate is None or candidate.words is None:
             return
         count = len(candidate.words)
         if len(words) > count and agreed_prefix(candidate.words, words) == count:
-            if self.at_sentence_ends and not words[count - 1].endswith(SENTENCE_END):
-                return
             self._candidate = None
             self.end_sample, self.words = candidate.end_sample, words[:count]
 
