@@ -92,6 +92,14 @@ def test_an_untranscribed_pause_does_not_displace_one_that_costs_no_pass():
     assert settled.snapshot()[0] == 3080 * MS
 
 
+def test_a_speculation_whose_words_were_rejected_settles_nothing_by_itself():
+    settled = SettledSpeech(start_sample=0)
+    settled.paused(3000, 300, (3080 * MS, Transcript("", 3.1, rejected="decoder judged it non-speech")))
+    settled.agree(["anything"])
+    assert settled.snapshot() == (0, [])  # never audio settled as no words
+    assert settled.untranscribed_pause() == 3100 * MS  # a pass of its own may find them
+
+
 def test_a_head_pass_that_found_no_words_gives_the_pause_up():
     settled = SettledSpeech(start_sample=0)
     settled.paused(3000, 300)

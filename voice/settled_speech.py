@@ -1,8 +1,8 @@
 """The start of a long turn, transcribed for good while the user is still speaking.
 
-Whisper's final pass at the end of a turn used to transcribe the whole utterance: on a 10 s
-turn most of its 400 ms went to words that had been clear for seconds. Now a pause inside the
-turn can split it. The words before the pause are transcribed on their own: by the pause's
+Whisper's final pass at the end of a turn transcribes the whole utterance: on a 10 s turn most
+of its 400 ms goes to words that have been clear for seconds. With `--settle-pauses`, a pause
+inside the turn can split it. The words before the pause are transcribed on their own: by the pause's
 speculative pass, or by the next partial pass when the user went on before that one finished.
 Once a later partial transcript of the growing utterance starts with those same words (local
 agreement), the audio up to the pause is settled. Every later pass, partial or final,
@@ -83,7 +83,8 @@ class SettledSpeech:
             return
         pause_start = _samples(audio_end_ms)
         resumed = _samples(audio_end_ms + silence_ms)
-        if transcribed is not None and pause_start <= transcribed[0] <= resumed - _samples(MIN_PAUSE_MS / 2):
+        usable = transcribed is not None and bool(transcribed[1].text)  # no words: a rejected pass says nothing
+        if usable and pause_start <= transcribed[0] <= resumed - _samples(MIN_PAUSE_MS / 2):
             candidate = _Candidate(transcribed[0], transcribed[1].text.split())
         else:
             candidate = _Candidate(pause_start + _samples(min(silence_ms / 2, HEAD_TRAILING_MS)))
@@ -101,7 +102,7 @@ class SettledSpeech:
         return None
 
     def transcribed_pause(self, end_sample: int, transcript: Transcript) -> None:
-        """A partial pass transcribed the audio from `end_sample` to the pause ending at `end_sample`."""
+        """A partial pass transcribed the audio from the settled start to the pause that ends at `end_sample`."""
         if self._candidate is None or self._candidate.end_sample != end_sample:
             return
         if not transcript.text:
