@@ -58,31 +58,35 @@ def run_session(models, audio: np.ndarray, turn_detection: TurnDetectionConfig, 
     return events
 
 
-def test_a_mid_turn_pause_shorter_than_the_hangover_keeps_one_turn_and_its_speculation_is_dropped(models):
-    # Both clips are silence-trimmed, so the pause between them is exactly the one inserted.
+TWO_SENTENCES = ("the ship should be in within a week or ten days it was my reports from the north which chiefly "
+                 "induced people to buy")
+
+
+def two_sentences_with_a_pause(silence_after_s: float) -> np.ndarray:
+    """TWO_SENTENCES spoken with a 0.4 s pause between them (2.7 s, then 3.6 s), then `silence_after_s`.
+    Both clips are silence-trimmed, so the pause between them is exactly the one inserted."""
     first = load_audio(clip("arctic_a0039_1592747680").path, RATE)
     second = load_audio(clip("arctic_a0024_1592747999").path, RATE)
-    pause = np.zeros(int(0.4 * RATE), np.float32)  # past eager_after_ms, short of the 700 ms hangover
-    audio = np.concatenate([first, pause, second, np.zeros(RATE, np.float32)])
+    pause = np.zeros(int(0.4 * RATE), np.float32)
+    return np.concatenate([first, pause, second, np.zeros(int(silence_after_s * RATE), np.float32)])
+
+
+def test_a_mid_turn_pause_shorter_than_the_hangover_keeps_one_turn_and_its_speculation_is_dropped(models):
+    audio = two_sentences_with_a_pause(1.0)  # the pause: past eager_after_ms, short of the 700 ms hangover
     # Two whole sentences: the pause between them must not end the turn as a clearly finished one (350 ms).
     events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=700, eager_after_ms=160, finished_silence_ms=0))
     kinds = [e["type"] for e in events]
     assert kinds.count("input_audio_buffer.committed") == 1, kinds
     transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
     # Both halves are in the one transcript: the speculation made at the pause was not used.
-    assert word_error_rate("the ship should be in within a week or ten days it was my reports from the north which "
-                           "chiefly induced people to buy", transcript) < 0.25, transcript
+    assert word_error_rate(TWO_SENTENCES, transcript) < 0.25, transcript
     assert kinds.count("response.created") == 1
     timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     assert timings["speculations"] == 2  # one per pause: the first was dropped when speech resumed
 
 
 def test_the_words_before_a_pause_settle_while_the_user_speaks_and_the_final_pass_takes_only_the_rest(models, monkeypatch):
-    first = load_audio(clip("arctic_a0039_1592747680").path, RATE)  # 2.7 s
-    second = load_audio(clip("arctic_a0024_1592747999").path, RATE)  # 3.6 s
-    audio = np.concatenate([first, np.zeros(int(0.4 * RATE), np.float32), second, np.zeros(3 * RATE, np.float32)])
-    reference = ("the ship should be in within a week or ten days it was my reports from the north which chiefly "
-                 "induced people to buy")
+    audio = two_sentences_with_a_pause(3.0)
     # The pause must not end the turn, even as one between two clearly finished sentences.
     turns = TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, finished_silence_ms=0)
     final_passes: list[float] = []
@@ -98,7 +102,7 @@ def test_the_words_before_a_pause_settle_while_the_user_speaks_and_the_final_pas
     events = run_session(models, audio, turns, config=SessionConfig(settle_pauses=True), slowdown=3.0)
     timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
-    assert word_error_rate(reference, transcript) < 0.25, transcript
+    assert word_error_rate(TWO_SENTENCES, transcript) < 0.25, transcript
     assert timings["asr_audio_s"] > 6.5, timings  # the whole turn, settled or not
     # The first sentence and the start of the pause settled; the turn's last pass took only the
     # rest: the end of the pause, the second sentence and the 100 ms kept after it.
@@ -107,9 +111,7 @@ def test_the_words_before_a_pause_settle_while_the_user_speaks_and_the_final_pas
 
 
 def test_by_default_nothing_settles(models):
-    first = load_audio(clip("arctic_a0039_1592747680").path, RATE)
-    second = load_audio(clip("arctic_a0024_1592747999").path, RATE)
-    audio = np.concatenate([first, np.zeros(int(0.4 * RATE), np.float32), second, np.zeros(2 * RATE, np.float32)])
+    audio = two_sentences_with_a_pause(2.0)
     events = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=1500, eager_after_ms=160, finished_silence_ms=0))
     timings = next(e for e in events if e["type"] == "response.done")["response"]["voxloop"]["timings"]
     assert timings["asr_settled_s"] == 0 and timings["asr_audio_s"] > 6.5, timings

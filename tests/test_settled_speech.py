@@ -14,7 +14,7 @@ def spoken(text: str, seconds: float = 2.0) -> Transcript:
 def test_a_transcribed_pause_settles_once_a_longer_partial_agrees_and_keeps_the_partials_wording():
     settled = SettledSpeech(start_sample=1000)
     # The speculation at the pause (3 s into the turn) transcribed up to 80 ms into it; the user went on after 300 ms.
-    settled.paused(audio_end_ms=3000, silence_ms=300, transcribed=(3080 * MS, spoken(HEAD)))
+    settled.paused(pause_start=3000 * MS, resumed=3300 * MS, transcribed=(3080 * MS, spoken(HEAD)))
     assert settled.untranscribed_pause() is None  # nothing left to transcribe for it
     settled.agree("For a full hour he had paced up and down, waiting, but he".split())
     assert settled.end_sample == 3080 * MS
@@ -25,7 +25,7 @@ def test_a_transcribed_pause_settles_once_a_longer_partial_agrees_and_keeps_the_
 
 def test_a_partial_that_disagrees_settles_nothing_and_a_later_one_that_agrees_does():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
+    settled.paused(3000 * MS, 3300 * MS, (3080 * MS, spoken(HEAD)))
     settled.agree("For a full hour he had raced up and down, waiting, but".split())
     assert settled.snapshot() == (0, [])
     settled.agree("For a full hour he had paced up and down, waiting, but he".split())
@@ -34,7 +34,7 @@ def test_a_partial_that_disagrees_settles_nothing_and_a_later_one_that_agrees_do
 
 def test_a_partial_with_no_word_past_the_pause_yet_leaves_it_to_the_next():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
+    settled.paused(3000 * MS, 3300 * MS, (3080 * MS, spoken(HEAD)))
     settled.agree("For a full hour he had paced up and down, waiting.".split())  # the user has only just gone on
     assert settled.snapshot() == (0, [])
     settled.agree("For a full hour he had paced up and down, waiting, but".split())
@@ -43,8 +43,8 @@ def test_a_partial_with_no_word_past_the_pause_yet_leaves_it_to_the_next():
 
 def test_short_pauses_and_short_heads_are_not_worth_settling():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 128, (3080 * MS, spoken(HEAD)))  # a soft word ending, maybe
-    settled.paused(1000, 400, (1080 * MS, spoken("For a full")))  # a second of speech
+    settled.paused(3000 * MS, 3128 * MS, (3080 * MS, spoken(HEAD)))  # a soft word ending, maybe
+    settled.paused(1000 * MS, 1400 * MS, (1080 * MS, spoken("For a full")))  # a second of speech
     assert settled.untranscribed_pause() is None
     settled.agree("For a full hour he had paced".split())
     assert settled.snapshot() == (0, [])
@@ -52,7 +52,7 @@ def test_short_pauses_and_short_heads_are_not_worth_settling():
 
 def test_without_a_finished_speculation_the_next_partial_pass_transcribes_the_head():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300)  # the speculation had not finished when the user went on
+    settled.paused(3000 * MS, 3300 * MS)  # the speculation had not finished when the user went on
     end = settled.untranscribed_pause()
     assert end == (3000 + HEAD_TRAILING_MS) * MS  # inside the pause
     settled.transcribed_pause(end, spoken(HEAD))
@@ -64,18 +64,18 @@ def test_without_a_finished_speculation_the_next_partial_pass_transcribes_the_he
 def test_a_speculation_that_ran_past_the_pause_is_not_used():
     settled = SettledSpeech(start_sample=0)
     # Its audio ends 20 ms before the user went on: the next word's onset may be in it.
-    settled.paused(3000, 200, (3180 * MS, spoken(HEAD)))
+    settled.paused(3000 * MS, 3200 * MS, (3180 * MS, spoken(HEAD)))
     assert settled.untranscribed_pause() == 3100 * MS
 
 
 def test_pauses_settle_one_after_another_and_a_new_pause_replaces_one_still_untranscribed():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
+    settled.paused(3000 * MS, 3300 * MS, (3080 * MS, spoken(HEAD)))
     settled.agree(HEAD.split() + ["but"])
-    settled.paused(4000, 300)  # too soon after the settled start
+    settled.paused(4000 * MS, 4300 * MS)  # too soon after the settled start
     assert settled.untranscribed_pause() is None
-    settled.paused(5000, 200)
-    settled.paused(6000, 240)  # the user paused again before a partial pass came
+    settled.paused(5000 * MS, 5200 * MS)
+    settled.paused(6000 * MS, 6240 * MS)  # the user paused again before a partial pass came
     end = settled.untranscribed_pause()
     assert end == (6000 + HEAD_TRAILING_MS) * MS
     settled.transcribed_pause(end, spoken("but he could wait"))  # the pass covers only what follows the settled words
@@ -85,8 +85,8 @@ def test_pauses_settle_one_after_another_and_a_new_pause_replaces_one_still_untr
 
 def test_an_untranscribed_pause_does_not_displace_one_that_costs_no_pass():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300, (3080 * MS, spoken(HEAD)))
-    settled.paused(6000, 300)
+    settled.paused(3000 * MS, 3300 * MS, (3080 * MS, spoken(HEAD)))
+    settled.paused(6000 * MS, 6300 * MS)
     assert settled.untranscribed_pause() is None
     settled.agree(HEAD.split() + ["but"])
     assert settled.snapshot()[0] == 3080 * MS
@@ -94,7 +94,7 @@ def test_an_untranscribed_pause_does_not_displace_one_that_costs_no_pass():
 
 def test_a_speculation_whose_words_were_rejected_settles_nothing_by_itself():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300, (3080 * MS, Transcript("", 3.1, rejected="decoder judged it non-speech")))
+    settled.paused(3000 * MS, 3300 * MS, (3080 * MS, Transcript("", 3.1, rejected="decoder judged it non-speech")))
     settled.agree(["anything"])
     assert settled.snapshot() == (0, [])  # never audio settled as no words
     assert settled.untranscribed_pause() == 3100 * MS  # a pass of its own may find them
@@ -102,7 +102,7 @@ def test_a_speculation_whose_words_were_rejected_settles_nothing_by_itself():
 
 def test_a_head_pass_that_found_no_words_gives_the_pause_up():
     settled = SettledSpeech(start_sample=0)
-    settled.paused(3000, 300)
+    settled.paused(3000 * MS, 3300 * MS)
     end = settled.untranscribed_pause()
     settled.transcribed_pause(end, Transcript("", 3.1, rejected="no words"))
     assert settled.untranscribed_pause() is None

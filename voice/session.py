@@ -238,7 +238,8 @@ class VoiceSession:
             transcribed = None
             if speculation is not None and speculation.transcript is not None and speculation.audio_end_ms == resumed.audio_end_ms:
                 transcribed = (speculation.end_sample, speculation.transcript)
-            turn.settled.paused(resumed.audio_end_ms, resumed.silence_ms, transcribed)
+            turn.settled.paused(_ms_to_samples(resumed.audio_end_ms),
+                                _ms_to_samples(resumed.audio_end_ms + resumed.silence_ms), transcribed)
         self._drop_speculation()
 
     async def _speculate(self, speculation: Speculation) -> Transcript:

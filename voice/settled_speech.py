@@ -28,11 +28,13 @@ from voxloop.voice.asr import SAMPLE_RATE, Transcript
 
 # A shorter pause may be a soft word ending that the VAD took for silence.
 MIN_PAUSE_MS = 160
+MIN_PAUSE_SAMPLES = MIN_PAUSE_MS * SAMPLE_RATE // 1000
 # Settling less is not worth a pass, and a word or two alone is where Whisper guesses worst.
 MIN_HEAD_S = 1.5
 # The most of a pause that goes with the words before it: as the end of a turn keeps
 # (TRAILING_CONTEXT_MS), for Silero calls soft word endings silence early.
 HEAD_TRAILING_MS = 100
+HEAD_TRAILING_SAMPLES = HEAD_TRAILING_MS * SAMPLE_RATE // 1000
 
 _NON_WORD = re.compile(r"[^\w']")
 
@@ -52,10 +54,6 @@ def agreed_prefix(a: list[str], b: list[str]) -> int:
     return count
 
 
-def _samples(ms: float) -> int:
-    return int(ms * SAMPLE_RATE / 1000)
-
-
 @dataclass
 class _Candidate:
     """A pause the settled start may move to, once the words before it agree with a later partial."""
@@ -67,27 +65,26 @@ class _Candidate:
 class SettledSpeech:
     """One turn's settled start: its audio before `end_sample` is `words`.
 
-    Sample positions are the session's audio clock, as the turn's `start_sample` is."""
+    Positions are samples on the session's audio clock, as the turn's `start_sample` is."""
 
     def __init__(self, start_sample: int):
         self.end_sample = start_sample
         self.words: list[str] = []
         self._candidate: _Candidate | None = None
 
-    def paused(self, audio_end_ms: int, silence_ms: int, transcribed: tuple[int, Transcript] | None = None) -> None:
-        """The user went on after `silence_ms` of silence from `audio_end_ms`.
+    def paused(self, pause_start: int, resumed: int, transcribed: tuple[int, Transcript] | None = None) -> None:
+        """The user went on at `resumed` after a pause that began at `pause_start`.
 
         `transcribed`: (end sample, transcript of the whole turn up to it), if the pause's
         speculative pass finished; it is used if it ends within the pause."""
-        if silence_ms < MIN_PAUSE_MS:
+        silence = resumed - pause_start
+        if silence < MIN_PAUSE_SAMPLES:
             return
-        pause_start = _samples(audio_end_ms)
-        resumed = _samples(audio_end_ms + silence_ms)
         usable = transcribed is not None and bool(transcribed[1].text)  # no words: a rejected pass says nothing
-        if usable and pause_start <= transcribed[0] <= resumed - _samples(MIN_PAUSE_MS / 2):
+        if usable and pause_start <= transcribed[0] <= resumed - MIN_PAUSE_SAMPLES // 2:
             candidate = _Candidate(transcribed[0], transcribed[1].text.split())
         else:
-            candidate = _Candidate(pause_start + _samples(min(silence_ms / 2, HEAD_TRAILING_MS)))
+            candidate = _Candidate(pause_start + min(silence // 2, HEAD_TRAILING_SAMPLES))
         if (candidate.end_sample - self.end_sample) / SAMPLE_RATE < MIN_HEAD_S:
             return
         if candidate.words is None and self._candidate is not None and self._candidate.words is not None:
