@@ -125,3 +125,36 @@ def test_the_rest_of_the_turn_is_joined_after_the_settled_words():
 def test_agreement_ignores_case_and_punctuation():
     assert agreed_prefix("Printing, in the only".split(), "printing in the Only sense".split()) == 4
     assert agreed_prefix("we can learn".split(), "we can't learn".split()) == 1  # an apostrophe makes another word
+
+
+def test_the_partial_pass_words_heard_in_their_sentence_replace_the_rest_pass_guesses():
+    settled = "Anything is possible in football".split()
+    # The partial pass heard "Celtic" after "football", and its audio ended inside "again".
+    heard = "Anything is possible in football and we can beat Celtic ag".split()
+    rest = Transcript("and we can beat self-dick again.", 2.0)
+    assert after_settled(settled, 3 * SAMPLE_RATE, rest, heard).text == "Anything is possible in football and we can beat Celtic again."
+    # The same when the guess is two words for one.
+    rest = Transcript("and we can beat self dick again.", 2.0)
+    assert after_settled(settled, 3 * SAMPLE_RATE, rest, heard).text == "Anything is possible in football and we can beat Celtic again."
+
+
+def test_heard_words_join_the_rest_at_the_last_word_they_share():
+    settled = "Printing then for our purpose".split()
+    heard = "Printing then for our purpose may be considered as the art of".split()
+    rest = Transcript("maybe consider it as the art of making books.", 2.0)
+    # "of", heard last, may be a cut-off "often": it only joins as the start of a word in the rest,
+    # where the words between match in number. Here "of" itself is shared, so the join is there.
+    assert after_settled(settled, 3 * SAMPLE_RATE, rest, heard).text == \
+        "Printing then for our purpose may be considered as the art of making books."
+    # Heard words with no word in common with the rest: the rest stands alone.
+    heard = "Printing then for our purpose maybe".split()
+    assert after_settled(settled, 3 * SAMPLE_RATE, Transcript("are the art of making books.", 2.0), heard).text == \
+        "Printing then for our purpose are the art of making books."
+
+
+def test_the_rest_stands_alone_when_the_partial_does_not_start_with_the_settled_words():
+    settled = "Printing then for our purpose".split()
+    heard = "Printing than for our purpose may be considered as the art of".split()
+    rest = Transcript("maybe consider it as the art of making books.", 2.0)
+    assert after_settled(settled, 3 * SAMPLE_RATE, rest, heard).text == "Printing then for our purpose " + rest.text
+    assert after_settled(settled, 3 * SAMPLE_RATE, rest, settled).text == "Printing then for our purpose " + rest.text

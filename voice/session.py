@@ -226,7 +226,7 @@ class VoiceSession:
         end = min(self._audio.end, _ms_to_samples(audio_end_ms + TRAILING_CONTEXT_MS))
         start, words = turn.settled.snapshot()
         return Speculation(audio_end_ms, end, self._audio.slice(start, end), settled_words=words,
-                           settled_samples=start - turn.start_sample)
+                           settled_samples=start - turn.start_sample, heard_words=list(turn.settled.heard))
 
     def _on_speech_resumed(self, resumed: SpeechResumed) -> None:
         """The user went on: the pause's speculation is dropped, and the words before the pause may settle."""
@@ -397,15 +397,16 @@ class VoiceSession:
             # In a pause the turn may be ending; a pass now would only delay the final one.
             if self._detector.silence_ms > 0:
                 continue
-            start, settled_words = settled.snapshot()
             if (pause_end := settled.untranscribed_pause()) is not None:  # this time, the words before a pause
-                head = await self.models.transcribe(self._audio.slice(start, pause_end), urgent=False)
+                head = await self.models.transcribe(self._audio.slice(settled.end_sample, pause_end), urgent=False)
                 settled.transcribed_pause(pause_end, head)
                 continue
-            audio = self._audio.slice(start, self._audio.end)
+            # The whole turn, even once its start is settled: these words give the final pass's
+            # first words after the settled ones their context (settled_speech.with_context).
+            audio = self._audio.slice(turn.start_sample, self._audio.end)
             if audio.size < MIN_PARTIAL_AUDIO_S * SAMPLE_RATE:
                 continue
-            words = settled_words + (await self.models.transcribe(audio, urgent=False)).text.split()
+            words = (await self.models.transcribe(audio, urgent=False)).text.split()
             settled.agree(words)
             stable = agreed_prefix(previous, words)
             previous = words

@@ -5,24 +5,27 @@ of its 400 ms goes to words that have been clear for seconds. With `--settle-pau
 inside the turn can split it. The words before the pause are transcribed on their own: by the pause's
 speculative pass, or by the next partial pass when the user went on before that one finished.
 Once a later partial transcript of the growing utterance starts with those same words (local
-agreement), the audio up to the pause is settled. Every later pass, partial or final,
-transcribes only what follows it and puts the settled words in front.
+agreement), the audio up to the pause is settled. Every later pass at a pause or at the end of
+the turn transcribes only what follows it and puts the settled words in front.
 
 A pause is a clean place to cut, as no word straddles it, but the pass on the rest loses the
 sentence it continues, and tiny Whisper then guesses its first words from less context. In two
 interleaved runs on the 2-core EPYC it answered p50 0.95 and 0.89, p95 1.00 and 0.82 of the
 whole-turn pass, for the same four words more wrong in 458 ("beat self-dick" for "beat Celtic"
-after "football", "maybe consider it" for "may be considered"): WER +0.009. The issue's targets
-allow no WER regression, so it is off by default (`--settle-pauses`; bench/RESULTS.md,
-`settle-pauses`, `settle-any-2`). Settling only where the partial transcript ended a sentence
-kept the context but settled 1 turn in 32 (`settle-sentences`). The settled words keep the
-partial transcript's punctuation, which heard both sides of the pause.
+after "football", "maybe consider it" for "may be considered"): WER +0.009 (bench/RESULTS.md,
+`settle-pauses`, `settle-any-2`). So the partial passes go on over the whole turn, and the
+latest one's words for the audio after the pause, heard in their sentence, replace the final
+pass's up to the last word the two share (`with_context`). The settled words keep the partial
+transcript's punctuation, which heard both sides of the pause. Settling only where the partial
+transcript ended a sentence would also keep the context, but settled 1 turn in 32 (`settle-sentences`).
+Settling is off by default: the issue's targets allow no WER regression.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
 
 from voxloop.voice.asr import SAMPLE_RATE, Transcript
 
@@ -41,7 +44,12 @@ _NON_WORD = re.compile(r"[^\w']")
 
 def same_word(a: str, b: str) -> bool:
     """The same word, whatever its case and punctuation."""
-    return _NON_WORD.sub("", a.lower()) == _NON_WORD.sub("", b.lower())
+    return normalized([a]) == normalized([b])
+
+
+def normalized(words: list[str]) -> list[str]:
+    """The words in lower case, without punctuation."""
+    return [_NON_WORD.sub("", word.lower()) for word in words]
 
 
 def agreed_prefix(a: list[str], b: list[str]) -> int:
@@ -70,6 +78,9 @@ class SettledSpeech:
     def __init__(self, start_sample: int):
         self.end_sample = start_sample
         self.words: list[str] = []
+        # The latest partial transcript of the whole turn: its words after the settled start were
+        # heard with the sentence they continue (see `after_settled`).
+        self.heard: list[str] = []
         self._candidate: _Candidate | None = None
 
     def paused(self, pause_start: int, resumed: int, transcribed: tuple[int, Transcript] | None = None) -> None:
@@ -108,9 +119,10 @@ class SettledSpeech:
             self._candidate.words = self.words + transcript.text.split()
 
     def agree(self, words: list[str]) -> None:
-        """`words`, a partial transcript of the turn so far, settles the pending pause if it agrees
+        """`words`, a partial transcript of the whole turn so far, settles the pending pause if it agrees
         with all of that pause's words and goes on past them. Until one does (tiny Whisper wavers:
         "ten days" in one pass, "10 days" in the next), the pause waits, or a later one replaces it."""
+        self.heard = list(words)
         candidate = self._candidate
         if candidate is None or candidate.words is None:
             return
@@ -124,10 +136,39 @@ class SettledSpeech:
         return self.end_sample, list(self.words)
 
 
-def after_settled(settled_words: list[str], settled_samples: int, transcript: Transcript) -> Transcript:
-    """`transcript`, of the audio after the settled start, as a transcript of the whole turn."""
+def after_settled(settled_words: list[str], settled_samples: int, transcript: Transcript,
+                  heard: list[str] = ()) -> Transcript:
+    """`transcript`, of the audio after the settled start, as a transcript of the whole turn.
+
+    `heard`: the latest partial transcript of the whole turn. Its first words after the settled
+    ones were heard with the sentence they continue, which `transcript` was not, so they replace
+    its own (see `with_context`)."""
     if not settled_words:
         return transcript
-    words = settled_words + transcript.text.split()
+    words = settled_words + with_context(settled_words, heard, transcript.text.split())
     return replace(transcript, text=" ".join(words), rejected=None,
                    audio_seconds=transcript.audio_seconds + settled_samples / SAMPLE_RATE)
+
+
+def with_context(settled_words: list[str], heard: list[str], rest: list[str]) -> list[str]:
+    """The words after the settled start: `heard`'s as far as it goes, then `rest`'s.
+
+    Cut off from its sentence, a pass on the rest of a turn guesses its first words from less
+    context ("beat self-dick" for "beat Celtic" after "football"), while the partial pass, on the
+    whole turn, stopped short of its end. The two are joined at a word they share. The partial's
+    last word may have been cut off mid-word, so it joins where it begins a word of `rest`
+    ("ag" in "again"), if the words between match in number, give or take one; otherwise the
+    join is at the last whole word they share. Without one, or when `heard` does not start with
+    the settled words, `rest` stands alone."""
+    if agreed_prefix(settled_words, heard) < len(settled_words) or len(heard) == len(settled_words):
+        return rest
+    heard_after = heard[len(settled_words):]
+    ours, theirs = normalized(heard_after), normalized(rest)
+    shared = [block for block in SequenceMatcher(None, ours[:-1], theirs, autojunk=False).get_matching_blocks() if block.size]
+    heard_end, rest_end = (shared[-1].a + shared[-1].size, shared[-1].b + shared[-1].size) if shared else (0, 0)
+    between = len(ours) - 1 - heard_end  # heard's words after the last shared one, before its last
+    last = ours[-1]
+    for completed in range(rest_end, min(len(theirs), rest_end + between + 2)):
+        if last and theirs[completed].startswith(last) and abs((completed - rest_end) - between) <= 1:
+            return heard_after[:-1] + rest[completed:]
+    return heard_after[:heard_end] + rest[rest_end:] if shared else rest

@@ -146,6 +146,7 @@ class Speculation:
     audio: np.ndarray  # the turn's audio after its settled start (voice/settled_speech.py), up to end_sample
     settled_words: list[str] = field(default_factory=list)  # the words of the audio before `audio`
     settled_samples: int = 0  # how much audio those words settled
+    heard_words: list[str] = field(default_factory=list)  # the latest partial transcript of the whole turn
     marks: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None  # transcribes, then may start `reply`; returns the Transcript
     reply: PrefetchedReply | None = None
@@ -155,7 +156,7 @@ class Speculation:
 
     def whole_turn(self, transcript: Transcript) -> Transcript:
         """`transcript`, of `audio`, with the settled words in front."""
-        return after_settled(self.settled_words, self.settled_samples, transcript)
+        return after_settled(self.settled_words, self.settled_samples, transcript, self.heard_words)
 
     async def cancel(self) -> None:
         if self.task is not None:
