@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--settle-pauses", action=argparse.BooleanOptionalAction, default=SessionConfig.settle_pauses,
                        help="settle the words before a pause inside a turn once a later partial transcript agrees with "
                             "them, so Whisper's final pass transcribes only what follows: a long turn is answered "
-                            "sooner, but the words just after such a pause are heard with less context (WER +0.009 on "
+                            "sooner, but the words just after such a pause are heard with less context (WER +0.01 on "
                             "the bench's clips; default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")

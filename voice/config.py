@@ -37,7 +37,8 @@ class SessionConfig:
     # With partial_transcripts, settle the words before a pause inside a turn once a later partial
     # transcript agrees with them, so later passes transcribe only the audio after it
     # (voice/settled_speech.py): the final pass of a long turn is short. Off by default: it
-    # costs words where the rest of a turn starts without its sentence (WER +0.009 here).
+    # costs words where the rest of a turn starts without its sentence (WER +0.009 and +0.010
+    # here, with and without the partial transcript's words in context; bench/RESULTS.md).
     settle_pauses: bool = False
 
     def reply_settings(self) -> GenerationSettings:
