@@ -149,7 +149,6 @@ def test_by_default_nothing_settles(models):
 
 def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):
     speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
-    audio = np.concatenate([speech, np.zeros(RATE, np.float32)])
     # A long hangover, spoken three times slower than real time, so that even a loaded machine
     # finishes the speculative transcript and first clause inside it: this checks the mechanism, not
     # the machine's speed. No shorter pause for a clearly finished sentence: the LLM scores this one
