@@ -171,7 +171,8 @@ def with_context(settled_words: list[str], heard: list[str], rest: list[str]) ->
     heard_end, rest_end = (shared[-1].a + shared[-1].size, shared[-1].b + shared[-1].size) if shared else (0, 0)
     between = len(ours) - 1 - heard_end  # heard's words after the last shared one, before its last
     last = ours[-1]
-    for completed in range(rest_end, min(len(theirs), rest_end + between + 2)):
-        if last and theirs[completed].startswith(last) and abs((completed - rest_end) - between) <= 1:
+    # The word the last one begins lies as many words after the join in `rest`, give or take one.
+    for completed in range(rest_end + max(0, between - 1), min(len(theirs), rest_end + between + 2)):
+        if last and theirs[completed].startswith(last):
             return heard_after[:-1] + rest[completed:]
     return heard_after[:heard_end] + rest[rest_end:] if shared else rest
