@@ -20,6 +20,7 @@ from voxloop.client.talk import WIRE_RATE, stream_like_a_microphone, talk_file
 from voxloop.codecs.audiofile import load_audio
 from voxloop.codecs.pcm import encode_base64_pcm16, pcm16_to_float
 from reply_status import HEARD_OUT
+from speech_span import from_first_word
 
 pytestmark = pytest.mark.models
 
@@ -148,19 +149,10 @@ def test_manual_turn_taking_with_commit_and_response_create(server, clips):
     assert any(e["type"] == "response.output_audio.delta" for e in events)
 
 
-def from_first_word(audio: np.ndarray, lead_s: float = 0.05) -> np.ndarray:
-    """`audio` from `lead_s` before its first 10 ms within 20 dB of its loudest: VCTK's room
-    noise comes within 30 dB, which would start the clip 0.8 s before p301_102's first word."""
-    window = WIRE_RATE // 100
-    levels = 10 * np.log10(np.mean(audio[: audio.size // window * window].reshape(-1, window) ** 2, axis=1) + 1e-12)
-    first = int(np.argmax(levels > levels.max() - 20))
-    return audio[max(0, first * window - int(lead_s * WIRE_RATE)):]
-
-
 def test_barge_in_cancels_the_reply_and_keeps_only_what_was_heard(server, clips):
     question = load_audio(clips["arctic_a0039_1592747680"].path, WIRE_RATE)
     # The clip opens with 1.3 s of room noise; the interruption starts just before its first word.
-    interruption = from_first_word(load_audio(clips["p301_102"].path, WIRE_RATE))
+    interruption = from_first_word(load_audio(clips["p301_102"].path, WIRE_RATE), WIRE_RATE)
 
     async def converse():
         arrivals: list[tuple[float, dict]] = []

@@ -20,7 +20,7 @@ from voxloop.voice.llm import GenerationSettings, LlamaCppLLM
 from voxloop.voice.models import ModelOptions, load_cascade
 from voxloop.voice.session import VoiceSession
 from voxloop.voice.turns import TurnDetectionConfig
-from voxloop.voice.vad import FRAME_SAMPLES, SileroVAD
+from speech_span import from_first_word
 
 pytestmark = pytest.mark.models
 RATE = 24000
@@ -76,13 +76,9 @@ TWO_SENTENCES = ("the ship should be in within a week or ten days it was my repo
 
 
 def voiced(name: str) -> np.ndarray:
-    """A clip from 0.1 s before Silero's first voiced frame to its last voiced sample."""
-    at_16k = load_audio(clip(name).path, 16000)
-    stream = SileroVAD().stream()
-    onset = next(start for start in range(0, at_16k.size, FRAME_SAMPLES)
-                 if stream.probability(at_16k[start:start + FRAME_SAMPLES]) >= 0.5) / 16000
+    """A clip from 0.1 s before its first word to its last voiced sample."""
     audio = load_audio(clip(name).path, RATE)
-    return audio[int(max(0.0, onset - 0.1) * RATE):int(speech_end(clip(name)) * RATE)]
+    return from_first_word(audio[:int(speech_end(clip(name)) * RATE)], RATE, lead_s=0.1)
 
 
 def with_a_pause(first: np.ndarray, second: np.ndarray, silence_after_s: float) -> np.ndarray:
