@@ -138,7 +138,7 @@ def _turn_detection(args: argparse.Namespace) -> TurnDetectionConfig:
                  eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms, unfinished_rule=args.unfinished_rule,
                  unpunctuated_silence_ms=args.unpunctuated_silence_ms, sentence_end_threshold=args.sentence_end_threshold,
                  finished_silence_ms=args.finished_silence_ms, finished_threshold=args.finished_threshold,
-                 end_after_judgment=args.end_after_judgment,
+                 heard_stop_threshold=args.heard_stop_threshold, end_after_judgment=args.end_after_judgment,
                  judge_by_words_when_llm_busy=args.judge_by_words_when_llm_busy)
     if args.eagerness is None:
         return TurnDetectionConfig(**flags)
@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "LLM); 0: off, such turns wait --silence-ms like any other (default: %(default)s)")
     turns.add_argument("--finished-threshold", type=float, default=defaults.finished_threshold,
                        help="sentence-end probability from which --finished-silence-ms applies (default: %(default)s)")
+    turns.add_argument("--heard-stop-threshold", type=float, default=defaults.heard_stop_threshold,
+                       help="with --unfinished-rule llm: Whisper's own probability of the final stop it wrote, from which "
+                            "--finished-silence-ms applies whatever the LLM's score (unless the LLM finds the words "
+                            "unfinished); 0: off (default: %(default)s)")
     turns.add_argument("--unpunctuated-silence-ms", type=int, default=defaults.unpunctuated_silence_ms,
                        help="with --unfinished-rule evidence: pause that ends a turn whose transcript only lacks final "
                             "punctuation (default: %(default)s)")

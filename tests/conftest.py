@@ -49,5 +49,5 @@ def speech_pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def clips() -> dict[str, Clip]:
-    names = ["jfk", "arctic_a0039_1592747680", "p301_102", "1089-134691-0001", "arctic_a0024", "p301_410"]
+    names = ["jfk", "arctic_a0039_1592747680", "p301_102", "1089-134691-0001", "arctic_a0024", "p301_410", "3752-4944-0000"]
     return {name: find_clip(name) for name in names}

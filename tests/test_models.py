@@ -76,6 +76,25 @@ def test_short_window_decoding_agrees_with_the_standard_30_s_window(clips):
         assert word_error_rate(reference, short.transcribe(audio).text) <= standard_wer + 0.26
 
 
+@pytest.mark.parametrize("name, words_before_pause", [("p301_410", 3), ("3752-4944-0000", 4), ("arctic_a0039_1592747680", 6)])
+def test_whisper_hears_whether_the_speaker_finished_the_sentence(whisper, clips, name, words_before_pause):
+    """Its probability of the final stop, 100 ms into a pause: high at the end of the clip's whole
+    sentence, low where the same voice is cut off mid-sentence (after "Hopefully we can")."""
+    audio = load_audio(clips[name].path, 16000)
+    segments, _ = whisper.model.transcribe(audio, word_timestamps=True, language="en", beam_size=1)
+    words = [word for segment in segments for word in segment.words]
+    pause = np.zeros(1600, np.float32)
+
+    def heard_up_to(seconds: float):
+        return whisper.transcribe(np.concatenate([audio[: int(seconds * 16000)], pause]))
+
+    whole = heard_up_to(words[-1].end + 0.05)
+    half = heard_up_to((words[words_before_pause - 1].end + words[words_before_pause].start) / 2)
+    assert whole.text.endswith(".") and whole.stop_p is not None and whole.stop_p > 0.7, (whole.text, whole.stop_p)
+    assert len(half.text.split()) >= words_before_pause - 1, half.text
+    assert half.stop_p is not None and half.stop_p < 0.3, (half.text, half.stop_p)
+
+
 def test_a_transcript_started_over_keeps_its_first_telling():
     assert without_restart("Hopefully we can learn from our mistakes. Hopefully we can learn from our mistak") == \
         "Hopefully we can learn from our mistakes."

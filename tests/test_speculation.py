@@ -92,6 +92,24 @@ def test_a_clearly_finished_sentence_ends_the_turn_after_the_shorter_finished_pa
     assert unfinished_hold("Fine.", TurnDetectionConfig(silence_duration_ms=200, finished_silence_ms=250), 0.9) == (None, 200)
 
 
+def test_a_final_stop_whisper_is_sure_of_counts_as_clearly_finished_unless_the_llm_holds_the_words():
+    config = TurnDetectionConfig(silence_duration_ms=500, unfinished_rule="llm", finished_silence_ms=250,
+                                 finished_threshold=0.5, heard_stop_threshold=0.85)
+    assert unfinished_hold("He could wait no longer.", config, 0.1, heard_stop_p=0.9) == (None, 250)
+    assert unfinished_hold("He could wait no longer.", config, 0.1, heard_stop_p=0.8) == (None, 500)
+    # Without the LLM's score (a remote LLM that cannot give one), the heard stop alone is enough.
+    assert unfinished_hold("He could wait no longer.", config, None, heard_stop_p=0.9) == (None, 250)
+    # It needs the stop written, and it never overrides a hold: the LLM's, or a continuer word's.
+    assert unfinished_hold("ask what you can do for your country", config, 0.5, heard_stop_p=0.95) == (None, 500)
+    assert unfinished_hold("It is of the first importance that the.", config, 0.005, heard_stop_p=0.95) == (CONTINUER, 900)
+    assert unfinished_hold("It is of the first importance.", config, 0.005, heard_stop_p=0.95) == (UNLIKELY_END, 900)
+    # Off unless asked (threshold 0), and only under the "llm" rule, as the finished pause itself.
+    assert unfinished_hold("He could wait no longer.", replace(config, heard_stop_threshold=0.0), 0.1,
+                           heard_stop_p=0.99) == (None, 500)
+    assert unfinished_hold("He could wait no longer.", replace(config, unfinished_rule="evidence"), None,
+                           heard_stop_p=0.99) == (None, 500)
+
+
 def test_by_default_a_clearly_finished_sentence_ends_after_350_ms_and_a_plainly_finished_one_after_500():
     defaults = TurnDetectionConfig()
     assert unfinished_hold("He could wait no longer.", defaults, 0.99) == (None, 350)

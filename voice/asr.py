@@ -37,6 +37,10 @@ class Transcript:
     avg_logprob: float = 0.0
     rejected: str | None = None  # why the text was judged a hallucination, if it was
     started: float | None = None  # time.monotonic() when the pass began: before it, it waited for the model
+    # Whisper's probability of a full stop, "?" or "!" right after the last word (None: not known).
+    # It hears the voice, not only the words: a falling, finished sentence scores high, and the
+    # same words cut off mid-sentence score low (bench/RESULTS.md, "heard-stop").
+    stop_p: float | None = None
 
 
 @dataclass
@@ -97,6 +101,8 @@ class WhisperTranscriber:
         self._tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                                     language=language or "en")
         self._prompt = list(self._tokenizer.sot_sequence) + [self._tokenizer.no_timestamps]
+        self._stop_tokens: list[int] | None = None  # token ids of ".", "?", "!", looked up on first use
+        self._closing_tokens: set[int] = set()
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Blocking: run it off the event loop."""
@@ -120,14 +126,15 @@ class WhisperTranscriber:
         seconds = speech.audio.size / SAMPLE_RATE
         if speech.audio.size < MIN_AUDIO_SAMPLES:
             return Transcript("", seconds, rejected="shorter than 100 ms", started=speech.started)
+        stop_p = None
         if speech.encoder_output is not None:
-            text, no_speech, logprob = self._decode_short_window(speech)
+            text, no_speech, logprob, stop_p = self._decode_short_window(speech)
         else:
             text, no_speech, logprob = self._decode_standard(speech.audio)
-        transcript = Transcript(text, seconds, no_speech, logprob, started=speech.started)
+        transcript = Transcript(text, seconds, no_speech, logprob, started=speech.started, stop_p=stop_p)
         transcript.rejected = hallucination_reason(transcript) if text else "no words"
         if transcript.rejected:
-            transcript.text = ""
+            transcript.text, transcript.stop_p = "", None
         return transcript
 
     def _short_window(self, audio: np.ndarray) -> bool:
@@ -154,16 +161,37 @@ class WhisperTranscriber:
         text = " ".join(s.text.strip() for s in segments).strip()
         return text, max(s.no_speech_prob for s in segments), float(np.mean([s.avg_logprob for s in segments]))
 
-    def _decode_short_window(self, speech: EncodedSpeech) -> tuple[str, float, float]:
+    def _decode_short_window(self, speech: EncodedSpeech) -> tuple[str, float, float, float | None]:
         """Whisper's decoder on what `encode` put through its encoder on the short window."""
         max_tokens = int(8 * speech.audio.size / SAMPLE_RATE) + 16  # no one says more than 8 tokens a second
         result = self.model.model.generate(
             speech.encoder_output, [self._prompt], beam_size=self.beam_size,
             max_length=max_tokens, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-            suppress_tokens=[-1],
+            suppress_tokens=[-1], return_logits_vocab=True,
         )[0]
-        text = without_restart(self._tokenizer.decode(result.sequences_ids[0]).strip())
-        return text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0
+        tokens = result.sequences_ids[0]
+        decoded = self._tokenizer.decode(tokens).strip()
+        text = without_restart(decoded)
+        if text != decoded:  # the decoder started over: what follows the kept words was decided at their end
+            tokens = next((tokens[:n] for n in range(len(tokens)) if self._tokenizer.decode(tokens[:n]).strip() == text), [])
+        stop_p = self._stop_probability(tokens, result.logits[0])
+        return text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0, stop_p
+
+    def _stop_probability(self, tokens: list[int], step_logits: list) -> float | None:
+        """P(".", "?" or "!") at the decoder step that decided what follows the last word of `tokens`:
+        the step that wrote their final punctuation mark, or else the next one. None without words,
+        or if the decoder stopped at its length limit, with no such step."""
+        if self._stop_tokens is None:
+            encode = self.model.hf_tokenizer.encode
+            self._stop_tokens = [encode(mark, add_special_tokens=False).ids[0] for mark in (".", "?", "!")]
+            self._closing_tokens = set(self._stop_tokens) | {
+                encode(mark, add_special_tokens=False).ids[0] for mark in (",", ";", ":")}
+        step = len(tokens) - 1 if tokens and tokens[-1] in self._closing_tokens else len(tokens)
+        if not tokens or step >= len(step_logits):
+            return None
+        logits = np.asarray(step_logits[step], dtype=np.float32).ravel()
+        probabilities = np.exp(logits - logits.max())
+        return float(probabilities[self._stop_tokens].sum() / probabilities.sum())
 
 
 def without_restart(text: str) -> str:

@@ -249,6 +249,8 @@ class VoiceSession:
             transcript = speculation.whole_turn(await self.models.transcribe(speculation.audio))
             speculation.transcript = transcript
             speculation.marks.update(transcript_final=time.monotonic(), asr_started=transcript.started)
+            if transcript.stop_p is not None:
+                speculation.marks["heard_stop_p"] = round(transcript.stop_p, 4)
             if turn_detection is None:
                 return transcript
             replying = bool(transcript.text) and turn_detection.create_response and not self.response_active
@@ -272,7 +274,7 @@ class VoiceSession:
                     probability = await self._sentence_end_probability(transcript.text, start_within_s)
                 speculation.sentence_end = probability
                 speculation.marks["judged"] = time.monotonic()
-            reason, hold_ms = unfinished_hold(transcript.text, turn_detection, probability)
+            reason, hold_ms = unfinished_hold(transcript.text, turn_detection, probability, transcript.stop_p)
             if self._still_pausing(speculation):
                 speculation.unfinished = reason
         finally:  # judged, or failed to be: the pause now ends the turn after `hold_ms`
@@ -648,8 +650,8 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
     for name in ("speech_paused", "asr_started", "judged", "llm_start", "llm_first_clause"):
         if marks.get(name) is not None:
             timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
-    for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "llm_prompt_tokens",
-                 "llm_cached_tokens", "reply_end"):
+    for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "heard_stop_p",
+                 "llm_prompt_tokens", "llm_cached_tokens", "reply_end"):
         if name in marks:
             timings[name] = marks[name]
     return timings

@@ -72,12 +72,13 @@ def without_final_punctuation(text: str) -> str:
     return re.sub(r"[^\w']+$", "", text.strip())
 
 
-def unfinished_hold(text: str, config: TurnDetectionConfig,
-                    sentence_end_probability: float | None = None) -> tuple[str | None, int]:
+def unfinished_hold(text: str, config: TurnDetectionConfig, sentence_end_probability: float | None = None,
+                    heard_stop_p: float | None = None) -> tuple[str | None, int]:
     """(why the words sound unfinished or None, the pause that should end the turn).
 
     `sentence_end_probability`: the LLM's probability that the words, without their final
-    punctuation, end a sentence (rule "llm"; without it that rule falls back to "evidence")."""
+    punctuation, end a sentence (rule "llm"; without it that rule falls back to "evidence").
+    `heard_stop_p`: Whisper's probability of a final stop after the words (`Transcript.stop_p`)."""
     if config.unfinished_rule == "punctuation":
         reason = "unfinished" if sounds_unfinished(text) else None
     elif config.unfinished_rule in ("evidence", "llm"):
@@ -87,19 +88,24 @@ def unfinished_hold(text: str, config: TurnDetectionConfig,
     else:
         raise ValueError(f"unfinished_rule must be one of {', '.join(UNFINISHED_RULES)}, not {config.unfinished_rule!r}")
     if reason is None:
-        if config.finished_silence_ms and clearly_finished(text, config, sentence_end_probability):
+        if config.finished_silence_ms and clearly_finished(text, config, sentence_end_probability, heard_stop_p):
             return None, min(config.finished_silence_ms, config.silence_duration_ms)
         return None, config.silence_duration_ms
     hold = config.unpunctuated_silence_ms if reason == UNPUNCTUATED else config.unfinished_silence_ms
     return reason, max(hold, config.silence_duration_ms)
 
 
-def clearly_finished(text: str, config: TurnDetectionConfig, sentence_end_probability: float | None) -> bool:
-    """Whisper's final stop and the LLM's judgment of the bare words both say the sentence ended.
-    Either alone is weak: tiny Whisper puts a stop on half sentences, and the LLM finds many a
-    half sentence a plausible whole one."""
-    return (config.unfinished_rule == "llm" and sentence_end_probability is not None
-            and sentence_end_probability >= config.finished_threshold and text.strip()[-1:] in (".", "?", "!"))
+def clearly_finished(text: str, config: TurnDetectionConfig, sentence_end_probability: float | None,
+                     heard_stop_p: float | None = None) -> bool:
+    """Whisper's final stop and a second signal both say the sentence ended. The stop alone is
+    weak: tiny Whisper puts one on half sentences. The second is the LLM's judgment of the bare
+    words (which finds many a half sentence a plausible whole one, and many a whole one not), or
+    Whisper's own confidence in that stop, which hears whether the voice sounded finished."""
+    if config.unfinished_rule != "llm" or text.strip()[-1:] not in (".", "?", "!"):
+        return False
+    judged = sentence_end_probability is not None and sentence_end_probability >= config.finished_threshold
+    heard = bool(config.heard_stop_threshold) and heard_stop_p is not None and heard_stop_p >= config.heard_stop_threshold
+    return judged or heard
 
 
 def longest_hold(config: TurnDetectionConfig) -> int:
