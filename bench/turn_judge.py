@@ -2,10 +2,11 @@
 
 For each paused-speech clip (bench/paused_speech.py) Whisper transcribes the audio up to the
 inserted pause, plus 100 ms of silence as the server holds it at that moment, and the whole
-clip. The session's judge scores both: the words-only rule (`unfinished_reason`) and the LLM's
-sentence-end probability. A good judge holds the halves and ends the wholes.
+clip. The session's judge scores both: the words-only rule (`unfinished_reason`), the LLM's
+sentence-end probability, and Whisper's own probability of the final stop it heard. A good
+judge holds the halves and ends the wholes, and calls only the wholes clearly finished.
 
-    python -m voxloop.bench.turn_judge [--threshold 0.015]
+    python -m voxloop.bench.turn_judge [--threshold 0.015] [--heard-stop-threshold 0.85]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class JudgedClip:
     whole_rule: str | None
     half_p: float | None  # the LLM's sentence-end probability
     whole_p: float | None
+    half_heard: float | None = None  # Whisper's probability of a final stop after the words (Transcript.stop_p)
+    whole_heard: float | None = None
 
 
 def separation(halves: list[float], wholes: list[float]) -> float:
@@ -55,6 +58,18 @@ def held_and_ended(clips: list[JudgedClip], threshold: float | None) -> tuple[in
     held = sum(holds(c.half_rule, c.half_p) for c in clips)
     ended = sum(not holds(c.whole_rule, c.whole_p) for c in clips)
     return held, ended
+
+
+def clearly_finished_counts(clips: list[JudgedClip], config: TurnDetectionConfig) -> tuple[int, int]:
+    """(halves, wholes) the session's rule calls clearly finished, so ends after the shorter
+    finished pause: a half there is a sentence cut off at a mid-sentence pause."""
+    from voxloop.voice.speculation import clearly_finished, unfinished_hold
+
+    def finished(text: str, p: float | None, heard: float | None) -> bool:
+        return unfinished_hold(text, config, p, heard)[0] is None and clearly_finished(text, config, p, heard)
+
+    return (sum(finished(c.half, c.half_p, c.half_heard) for c in clips),
+            sum(finished(c.whole, c.whole_p, c.whole_heard) for c in clips))
 
 
 def judge_clips(asr_window_s: float = WINDOW_PADDING_S) -> list[JudgedClip]:
@@ -82,10 +97,11 @@ def judge_clips(asr_window_s: float = WINDOW_PADDING_S) -> list[JudgedClip]:
     for name, placement in tqdm(placements.items(), desc="judging", unit="clip"):
         audio = load_audio(placement["source"], RATE)
         cut = int(placement["at_s"] * RATE)
-        half = asr.transcribe(np.concatenate([audio[:cut], np.zeros(int(HELD_SILENCE_S * RATE), np.float32)])).text
-        whole = asr.transcribe(audio).text
-        judged.append(JudgedClip(name.removesuffix("-paused.wav"), half, whole, unfinished_reason(half), unfinished_reason(whole),
-                                 asyncio.run(probability(half)), asyncio.run(probability(whole))))
+        half = asr.transcribe(np.concatenate([audio[:cut], np.zeros(int(HELD_SILENCE_S * RATE), np.float32)]))
+        whole = asr.transcribe(audio)
+        judged.append(JudgedClip(name.removesuffix("-paused.wav"), half.text, whole.text, unfinished_reason(half.text),
+                                 unfinished_reason(whole.text), asyncio.run(probability(half.text)),
+                                 asyncio.run(probability(whole.text)), half.stop_p, whole.stop_p))
     llm.close()
     return judged
 
@@ -97,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr-window", type=float, default=WINDOW_PADDING_S, metavar="SECONDS",
                         help="Whisper's silence after the utterance, as `voxloop serve --asr-window` "
                              f"(default: {WINDOW_PADDING_S:g}; 0: the 30 s window)")
+    parser.add_argument("--finished-threshold", type=float, default=TurnDetectionConfig.finished_threshold,
+                        help="the LLM's sentence-end probability from which words count as clearly finished "
+                             "(default: %(default)s, the server's)")
+    parser.add_argument("--heard-stop-threshold", type=float, default=TurnDetectionConfig.heard_stop_threshold,
+                        help="Whisper's final-stop probability from which words count as clearly finished "
+                             "(default: %(default)s, the server's; 0: off)")
     parser.add_argument("--json", help="also write every clip's transcripts and scores here")
     args = parser.parse_args(argv)
     clips = judge_clips(args.asr_window)
@@ -105,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, threshold in (("words-only rule", None), (f"LLM rule, threshold {args.threshold}", args.threshold)):
         held, ended = held_and_ended(clips, threshold)
         print(f"{label}: halves held {held}/{len(clips)}, wholes ended {ended}/{len(clips)}")
+    heard = [c for c in clips if c.half_heard is not None and c.whole_heard is not None]
+    print(f"Whisper's heard stop: separation (AUC) {separation([c.half_heard for c in heard], [c.whole_heard for c in heard]):.3f}")
+    for heard_threshold in (0.0, args.heard_stop_threshold):
+        config = TurnDetectionConfig(sentence_end_threshold=args.threshold, finished_threshold=args.finished_threshold,
+                                     heard_stop_threshold=heard_threshold)
+        halves, wholes = clearly_finished_counts(clips, config)
+        print(f"clearly finished (LLM at {args.finished_threshold}, heard stop at {heard_threshold or 'off'}): "
+              f"halves {halves}/{len(clips)}, wholes {wholes}/{len(clips)}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([asdict(c) for c in clips], handle, indent=1)

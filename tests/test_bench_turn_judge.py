@@ -1,6 +1,7 @@
 """The arithmetic of the offline turn-completion check (bench/turn_judge.py)."""
 
-from voxloop.bench.turn_judge import JudgedClip, held_and_ended, separation
+from voxloop.bench.turn_judge import JudgedClip, clearly_finished_counts, held_and_ended, separation
+from voxloop.voice.turns import TurnDetectionConfig
 
 
 def test_separation_is_the_chance_a_whole_sentence_scores_above_a_half_one():
@@ -16,3 +17,14 @@ def test_the_llm_rule_holds_on_a_continuer_whatever_the_score_and_otherwise_on_a
     assert held_and_ended(clips, threshold=0.01) == (3, 3)
     # The words-only rule: "He could wait." looks finished, and the unpunctuated whole is held.
     assert held_and_ended(clips, threshold=None) == (2, 2)
+
+
+def test_clearly_finished_counts_the_server_rule_with_and_without_the_heard_stop():
+    clips = [JudgedClip("a", "He could wait.", "He could wait no longer.", None, None, 0.5, 0.3, 0.2, 0.9),
+             JudgedClip("b", "It is of the first importance.", "It is fine in form.", None, None, 0.005, 0.1, 0.9, 0.95),
+             JudgedClip("c", "and the", "ask what you can do", "continuer", "unpunctuated", 0.5, 0.6, 0.99, 0.99)]
+    # The LLM alone: only a's half (a stop, and 0.5 >= 0.4) is clearly finished.
+    assert clearly_finished_counts(clips, TurnDetectionConfig(heard_stop_threshold=0.0)) == (1, 0)
+    # With the heard stop: a's and b's wholes too; b's half stays held by the LLM (0.005 < 0.015),
+    # c's half by its continuer, and c's whole has no stop.
+    assert clearly_finished_counts(clips, TurnDetectionConfig(heard_stop_threshold=0.85)) == (1, 2)

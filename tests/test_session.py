@@ -281,10 +281,23 @@ def test_a_pause_mid_sentence_is_held_even_when_its_words_are_judged_after_the_h
     assert word_error_rate("hopefully we can learn from our mistakes", transcript) < 0.3, transcript
     timings = reply_timings(events)
     # The whole sentence, without its final stop, reads as finished to the LLM: the turn ended after 500 ms, or after
-    # 350 if the LLM found it clearly finished.
+    # 350 if the LLM found it clearly finished, or Whisper was sure of its final stop.
     assert timings["unfinished"] is None and timings["sentence_end_p"] > turns.sentence_end_threshold, (transcript, timings)
-    clearly_finished = timings["sentence_end_p"] >= turns.finished_threshold and transcript.endswith((".", "?", "!"))
+    clearly_finished = transcript.endswith((".", "?", "!")) and (
+        timings["sentence_end_p"] >= turns.finished_threshold or timings.get("heard_stop_p", 0) >= turns.heard_stop_threshold)
     assert timings["end_silence_ms"] == (turns.finished_silence_ms if clearly_finished else 500), (transcript, timings)
+
+
+@pytest.mark.parametrize("heard_stop_threshold", [0.7, 0.0])
+def test_a_stop_whisper_is_sure_of_ends_the_turn_after_the_finished_pause(models, heard_stop_threshold):
+    audio = np.concatenate([voiced("p301_410"), np.zeros(RATE, np.float32)])  # "Hopefully we can learn from our mistakes."
+    # The LLM's own score can never make the words clearly finished here: only the heard stop can.
+    turns = TurnDetectionConfig(silence_duration_ms=500, finished_silence_ms=250, finished_threshold=1.01,
+                                heard_stop_threshold=heard_stop_threshold, judge_by_words_when_llm_busy=False)
+    timings = reply_timings(run_session(models, audio, turns))
+    assert timings["heard_stop_p"] > 0.7, timings  # offline 0.92; half sentences score under 0.3
+    assert timings["unfinished"] is None, timings
+    assert timings["end_silence_ms"] == (250 if heard_stop_threshold else 500), timings
 
 
 @contextmanager
@@ -390,8 +403,9 @@ def test_a_busy_llm_does_not_hold_the_pause_to_the_longest_hold(one_request_at_a
     judge them, and the turn ends after silence_duration_ms."""
     models = one_request_at_a_time
     audio = np.concatenate([load_audio(clip("arctic_a0039_1592747680").path, RATE), np.zeros(RATE, np.float32)])
+    # Whisper's heard stop alone could end this sentence after the finished pause: off, so the words judge alone.
     turns = TurnDetectionConfig(silence_duration_ms=500, unfinished_silence_ms=900, unpunctuated_silence_ms=900,
-                                judge_by_words_when_llm_busy=judge_by_words)
+                                judge_by_words_when_llm_busy=judge_by_words, heard_stop_threshold=0.0)
     busy = models.llm._executor.submit(time.sleep, 0.02 * audio.size / (RATE // 50) + 1.5)  # past the pause
     events = run_session(models, audio, turns)
     busy.result()

@@ -103,7 +103,7 @@ def test_a_final_stop_whisper_is_sure_of_counts_as_clearly_finished_unless_the_l
     assert unfinished_hold("ask what you can do for your country", config, 0.5, heard_stop_p=0.95) == (None, 500)
     assert unfinished_hold("It is of the first importance that the.", config, 0.005, heard_stop_p=0.95) == (CONTINUER, 900)
     assert unfinished_hold("It is of the first importance.", config, 0.005, heard_stop_p=0.95) == (UNLIKELY_END, 900)
-    # Off unless asked (threshold 0), and only under the "llm" rule, as the finished pause itself.
+    # Off at threshold 0, and only under the "llm" rule, as the finished pause itself.
     assert unfinished_hold("He could wait no longer.", replace(config, heard_stop_threshold=0.0), 0.1,
                            heard_stop_p=0.99) == (None, 500)
     assert unfinished_hold("He could wait no longer.", replace(config, unfinished_rule="evidence"), None,
@@ -114,6 +114,7 @@ def test_by_default_a_clearly_finished_sentence_ends_after_350_ms_and_a_plainly_
     defaults = TurnDetectionConfig()
     assert unfinished_hold("He could wait no longer.", defaults, 0.99) == (None, 350)
     assert unfinished_hold("He could wait no longer.", defaults, 0.39) == (None, 500)
+    assert unfinished_hold("He could wait no longer.", defaults, 0.39, heard_stop_p=0.9) == (None, 350)
     assert unfinished_hold("He could wait no longer", defaults, 0.99) == (None, 500)  # no final stop from Whisper
     # A client that asks for a shorter pause than that gets it.
     assert unfinished_hold("Fine.", replace(defaults, silence_duration_ms=300), 0.99) == (None, 300)
