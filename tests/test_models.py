@@ -97,6 +97,25 @@ def test_whisper_hears_whether_the_speaker_finished_the_sentence(whisper, clips,
     assert half.stop_p is not None and half.stop_p < 0.3, (half.text, half.stop_p)
 
 
+def test_the_stop_probability_reads_logits_a_gpu_decoder_left_on_its_device(whisper):
+    import ctranslate2
+
+    class OnTheGpu:  # what numpy cannot read: a StorageView in device memory
+        device = "cuda"
+
+        def __init__(self, logits):
+            self.logits = logits
+
+        def to_device(self, device):
+            assert device == ctranslate2.Device.cpu
+            return ctranslate2.StorageView.from_array(self.logits)
+
+    logits = np.full(whisper.model.hf_tokenizer.get_vocab_size(), -30.0, np.float32)
+    logits[whisper._stop_tokens[0]] = 0.0  # all but certain of a full stop after the last word
+    word = whisper.model.hf_tokenizer.encode(" Hello", add_special_tokens=False).ids
+    assert whisper._stop_probability(word, [OnTheGpu(logits)] * (len(word) + 1)) > 0.99
+
+
 def test_a_transcript_started_over_keeps_its_first_telling():
     assert without_restart("Hopefully we can learn from our mistakes. Hopefully we can learn from our mistak") == \
         "Hopefully we can learn from our mistakes."

@@ -101,8 +101,9 @@ class WhisperTranscriber:
         self._tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                                     language=language or "en")
         self._prompt = list(self._tokenizer.sot_sequence) + [self._tokenizer.no_timestamps]
-        self._stop_tokens: list[int] | None = None  # token ids of ".", "?", "!", looked up on first use
-        self._closing_tokens: set[int] = set()
+        mark_token = {mark: self.model.hf_tokenizer.encode(mark, add_special_tokens=False).ids[0] for mark in ".?!,;:"}
+        self._stop_tokens = [mark_token[mark] for mark in ".?!"]
+        self._closing_tokens = set(mark_token.values())  # the marks Whisper may end the words with
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Blocking: run it off the event loop."""
@@ -181,15 +182,15 @@ class WhisperTranscriber:
         """P(".", "?" or "!") at the decoder step that decided what follows the last word of `tokens`:
         the step that wrote their final punctuation mark, or else the next one. None without words,
         or if the decoder stopped at its length limit, with no such step."""
-        if self._stop_tokens is None:
-            encode = self.model.hf_tokenizer.encode
-            self._stop_tokens = [encode(mark, add_special_tokens=False).ids[0] for mark in (".", "?", "!")]
-            self._closing_tokens = set(self._stop_tokens) | {
-                encode(mark, add_special_tokens=False).ids[0] for mark in (",", ";", ":")}
         step = len(tokens) - 1 if tokens and tokens[-1] in self._closing_tokens else len(tokens)
         if not tokens or step >= len(step_logits):
             return None
-        logits = np.asarray(step_logits[step], dtype=np.float32).ravel()
+        view = step_logits[step]
+        if view.device != "cpu":  # numpy reads only host memory, should CTranslate2 leave them on the GPU
+            import ctranslate2
+
+            view = view.to_device(ctranslate2.Device.cpu)
+        logits = np.asarray(view, dtype=np.float32).ravel()
         probabilities = np.exp(logits - logits.max())
         return float(probabilities[self._stop_tokens].sum() / probabilities.sum())
 
