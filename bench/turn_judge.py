@@ -7,6 +7,7 @@ sentence-end probability, and Whisper's own probability of the final stop it hea
 judge holds the halves and ends the wholes, and calls only the wholes clearly finished.
 
     python -m voxloop.bench.turn_judge [--threshold 0.015] [--heard-stop-threshold 0.85]
+        [--heard-stop-overrule-threshold 0.9]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -63,13 +64,26 @@ def held_and_ended(clips: list[JudgedClip], threshold: float | None) -> tuple[in
 def clearly_finished_counts(clips: list[JudgedClip], config: TurnDetectionConfig) -> tuple[int, int]:
     """(halves, wholes) the session's rule calls clearly finished, so ends after the shorter
     finished pause: a half there is a sentence cut off at a mid-sentence pause."""
-    from voxloop.voice.speculation import clearly_finished, unfinished_hold
+    from voxloop.voice.speculation import unfinished_hold
 
     def finished(text: str, p: float | None, heard: float | None) -> bool:
-        return unfinished_hold(text, config, p, heard)[0] is None and clearly_finished(text, config, p, heard)
+        return unfinished_hold(text, config, p, heard)[1] < config.silence_duration_ms
 
     return (sum(finished(c.half, c.half_p, c.half_heard) for c in clips),
             sum(finished(c.whole, c.whole_p, c.whole_heard) for c in clips))
+
+
+def overruled_counts(clips: list[JudgedClip], config: TurnDetectionConfig) -> tuple[int, int]:
+    """(halves, wholes) the LLM holds as unfinished but Whisper's heard stop releases
+    (`heard_stop_overrule_threshold`): a half there ends after the usual pause, not the long one."""
+    from voxloop.voice.speculation import UNLIKELY_END, unfinished_hold
+
+    def overruled(text: str, p: float | None, heard: float | None) -> bool:
+        return (unfinished_hold(text, config, p, heard)[0] is None
+                and unfinished_hold(text, replace(config, heard_stop_overrule_threshold=0.0), p, heard)[0] == UNLIKELY_END)
+
+    return (sum(overruled(c.half, c.half_p, c.half_heard) for c in clips),
+            sum(overruled(c.whole, c.whole_p, c.whole_heard) for c in clips))
 
 
 def judge_clips(asr_window_s: float = WINDOW_PADDING_S) -> list[JudgedClip]:
@@ -119,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heard-stop-threshold", type=float, default=TurnDetectionConfig.heard_stop_threshold,
                         help="Whisper's final-stop probability from which words count as clearly finished "
                              "(default: %(default)s, the server's; 0: off)")
+    parser.add_argument("--heard-stop-overrule-threshold", type=float,
+                        default=TurnDetectionConfig.heard_stop_overrule_threshold,
+                        help="Whisper's final-stop probability from which the LLM's hold no longer applies "
+                             "(default: %(default)s, the server's; 0: off)")
     parser.add_argument("--json", help="also write every clip's transcripts and scores here")
     args = parser.parse_args(argv)
     clips = judge_clips(args.asr_window)
@@ -135,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         halves, wholes = clearly_finished_counts(clips, config)
         print(f"clearly finished (LLM at {args.finished_threshold}, heard stop at {heard_threshold or 'off'}): "
               f"halves {halves}/{len(clips)}, wholes {wholes}/{len(clips)}")
+    config = TurnDetectionConfig(sentence_end_threshold=args.threshold, heard_stop_threshold=args.heard_stop_threshold,
+                                 heard_stop_overrule_threshold=args.heard_stop_overrule_threshold)
+    halves, wholes = overruled_counts(clips, config)
+    print(f"the LLM's hold overruled (heard stop at {args.heard_stop_overrule_threshold or 'off'}): "
+          f"halves {halves}/{len(clips)}, wholes {wholes}/{len(clips)}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([asdict(c) for c in clips], handle, indent=1)

@@ -138,7 +138,8 @@ def _turn_detection(args: argparse.Namespace) -> TurnDetectionConfig:
                  eager_after_ms=args.eager_ms, min_speech_ms=args.min_speech_ms, unfinished_rule=args.unfinished_rule,
                  unpunctuated_silence_ms=args.unpunctuated_silence_ms, sentence_end_threshold=args.sentence_end_threshold,
                  finished_silence_ms=args.finished_silence_ms, finished_threshold=args.finished_threshold,
-                 heard_stop_threshold=args.heard_stop_threshold, end_after_judgment=args.end_after_judgment,
+                 heard_stop_threshold=args.heard_stop_threshold,
+                 heard_stop_overrule_threshold=args.heard_stop_overrule_threshold, end_after_judgment=args.end_after_judgment,
                  judge_by_words_when_llm_busy=args.judge_by_words_when_llm_busy)
     if args.eagerness is None:
         return TurnDetectionConfig(**flags)
@@ -280,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --unfinished-rule llm: Whisper's own probability of the final stop it wrote, from which "
                             "--finished-silence-ms applies whatever the LLM's score (unless the LLM finds the words "
                             "unfinished); 0: off (default: %(default)s)")
+    turns.add_argument("--heard-stop-overrule-threshold", type=float, default=defaults.heard_stop_overrule_threshold,
+                       help="with --unfinished-rule llm: Whisper's probability of the final stop it wrote, from which "
+                            "the LLM's finding the words unfinished no longer holds them: the turn ends after "
+                            "--silence-ms; 0: off (default: %(default)s)")
     turns.add_argument("--unpunctuated-silence-ms", type=int, default=defaults.unpunctuated_silence_ms,
                        help="with --unfinished-rule evidence: pause that ends a turn whose transcript only lacks final "
                             "punctuation (default: %(default)s)")

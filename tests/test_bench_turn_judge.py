@@ -1,6 +1,6 @@
 """The arithmetic of the offline turn-completion check (bench/turn_judge.py)."""
 
-from voxloop.bench.turn_judge import JudgedClip, clearly_finished_counts, held_and_ended, separation
+from voxloop.bench.turn_judge import JudgedClip, clearly_finished_counts, held_and_ended, overruled_counts, separation
 from voxloop.voice.turns import TurnDetectionConfig
 
 
@@ -28,3 +28,15 @@ def test_clearly_finished_counts_the_server_rule_with_and_without_the_heard_stop
     # With the heard stop: a's and b's wholes too; b's half stays held by the LLM (0.005 < 0.015),
     # c's half by its continuer, and c's whole has no stop.
     assert clearly_finished_counts(clips, TurnDetectionConfig(heard_stop_threshold=0.85)) == (1, 2)
+    # b's half, heard at 0.9, is overruled from the LLM's hold to the usual pause: still not clearly finished.
+    assert clearly_finished_counts(clips, TurnDetectionConfig(heard_stop_threshold=0.85, heard_stop_overrule_threshold=0.9)) == (1, 2)
+
+
+def test_overruled_counts_the_llm_holds_a_confident_heard_stop_releases():
+    clips = [JudgedClip("b", "It is of the first importance.", "It is fine in form.", None, None, 0.005, 0.1, 0.9, 0.95),
+             JudgedClip("d", "and the", "It should be fine and form.", "continuer", None, 0.001, 0.011, 0.99, 0.93),
+             JudgedClip("e", "He went to", "He went to the shop", "continuer", "unpunctuated", 0.5, 0.001, 0.1, 0.97)]
+    # b's half and d's whole; d's half is held by its continuer, e's whole has no written stop.
+    assert overruled_counts(clips, TurnDetectionConfig(heard_stop_overrule_threshold=0.9)) == (1, 1)
+    assert overruled_counts(clips, TurnDetectionConfig(heard_stop_overrule_threshold=0.92)) == (0, 1)
+    assert overruled_counts(clips, TurnDetectionConfig(heard_stop_overrule_threshold=0.0)) == (0, 0)

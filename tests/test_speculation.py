@@ -102,12 +102,26 @@ def test_a_final_stop_whisper_is_sure_of_counts_as_clearly_finished_unless_the_l
     # It needs the stop written, and it never overrides a hold: the LLM's, or a continuer word's.
     assert unfinished_hold("ask what you can do for your country", config, 0.5, heard_stop_p=0.95) == (None, 500)
     assert unfinished_hold("It is of the first importance that the.", config, 0.005, heard_stop_p=0.95) == (CONTINUER, 900)
-    assert unfinished_hold("It is of the first importance.", config, 0.005, heard_stop_p=0.95) == (UNLIKELY_END, 900)
+    assert unfinished_hold("It is of the first importance.", replace(config, heard_stop_overrule_threshold=0.0), 0.005,
+                           heard_stop_p=0.95) == (UNLIKELY_END, 900)
     # Off at threshold 0, and only under the "llm" rule, as the finished pause itself.
     assert unfinished_hold("He could wait no longer.", replace(config, heard_stop_threshold=0.0), 0.1,
                            heard_stop_p=0.99) == (None, 500)
     assert unfinished_hold("He could wait no longer.", replace(config, unfinished_rule="evidence"), None,
                            heard_stop_p=0.99) == (None, 500)
+
+
+def test_a_stop_whisper_is_very_sure_of_overrules_the_llms_hold_but_ends_the_turn_only_after_the_usual_pause():
+    config = TurnDetectionConfig(silence_duration_ms=500, unfinished_rule="llm", finished_silence_ms=350,
+                                 heard_stop_threshold=0.85, heard_stop_overrule_threshold=0.9)
+    assert unfinished_hold("The letter used should be fine and form.", config, 0.011, heard_stop_p=0.93) == (None, 500)
+    assert unfinished_hold("The letter used should be fine and form.", config, 0.011, heard_stop_p=0.88) == (UNLIKELY_END, 900)
+    # A continuer word is evidence in the words themselves, which no voice overrules; nor does a
+    # stop Whisper did not write.
+    assert unfinished_hold("It is of the first importance that the.", config, 0.005, heard_stop_p=0.99) == (CONTINUER, 900)
+    assert unfinished_hold("the letter used should be fine and form", config, 0.011, heard_stop_p=0.99) == (UNLIKELY_END, 900)
+    assert unfinished_hold("The letter used should be fine and form.", replace(config, heard_stop_overrule_threshold=0.0),
+                           0.011, heard_stop_p=0.99) == (UNLIKELY_END, 900)
 
 
 def test_by_default_a_clearly_finished_sentence_ends_after_350_ms_and_a_plainly_finished_one_after_500():

@@ -85,6 +85,8 @@ def unfinished_hold(text: str, config: TurnDetectionConfig, sentence_end_probabi
         reason = unfinished_reason(text)
         if config.unfinished_rule == "llm" and reason != CONTINUER and sentence_end_probability is not None:
             reason = UNLIKELY_END if sentence_end_probability < config.sentence_end_threshold else None
+            if reason == UNLIKELY_END and _heard_at_least(text, config.heard_stop_overrule_threshold, heard_stop_p):
+                return None, config.silence_duration_ms
     else:
         raise ValueError(f"unfinished_rule must be one of {', '.join(UNFINISHED_RULES)}, not {config.unfinished_rule!r}")
     if reason is None:
@@ -104,8 +106,13 @@ def clearly_finished(text: str, config: TurnDetectionConfig, sentence_end_probab
     if config.unfinished_rule != "llm" or text.strip()[-1:] not in (".", "?", "!"):
         return False
     judged = sentence_end_probability is not None and sentence_end_probability >= config.finished_threshold
-    heard = bool(config.heard_stop_threshold) and heard_stop_p is not None and heard_stop_p >= config.heard_stop_threshold
-    return judged or heard
+    return judged or _heard_at_least(text, config.heard_stop_threshold, heard_stop_p)
+
+
+def _heard_at_least(text: str, threshold: float, heard_stop_p: float | None) -> bool:
+    """Whisper wrote a final stop after the words, and was at least `threshold` sure of it (0: never)."""
+    return (bool(threshold) and heard_stop_p is not None and heard_stop_p >= threshold
+            and text.strip()[-1:] in (".", "?", "!"))
 
 
 def longest_hold(config: TurnDetectionConfig) -> int:

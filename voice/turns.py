@@ -86,6 +86,14 @@ class TurnDetectionConfig:
     # cut off early 2/32 -> 3/32 (`heard-stop`); on the paused-speech set p50 0.98, p95 0.82,
     # sentences cut at the inserted pause 16/32 -> 14/32 (`paused-heard-stop`; bench/RESULTS.md).
     heard_stop_threshold: float = 0.85
+    # Extension: a heard stop at least this likely overrules the LLM's hold (a sentence end below
+    # sentence_end_threshold): the two judges disagree, so the turn ends after
+    # silence_duration_ms, neither held to unfinished_silence_ms nor ended after the finished
+    # pause (0: off). The LLM misjudges garbled words: "...the letter used should be fine and
+    # form." scored 0.011 in the voice loop, heard 0.93, and was held 900 ms. Offline no half
+    # sentence the LLM holds that ends on a written stop is heard above 0.84 (0.83 "...from the
+    # North.", 0.71 "...in passing."), so the margin is thin.
+    heard_stop_overrule_threshold: float = 0.9
     # Extension: while the words before a pause are being judged (transcribed, and scored by the
     # LLM with rule "llm"), the pause ends the turn no sooner than the judgment, and at the
     # longest hold at most. It costs no reply time, as the reply needs that transcript anyway;
