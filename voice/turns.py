@@ -92,7 +92,9 @@ class TurnDetectionConfig:
     # pause (0: off). The LLM misjudges garbled words: "...the letter used should be fine and
     # form." scored 0.011 in the voice loop, heard 0.93, and was held 900 ms. Offline no half
     # sentence the LLM holds that ends on a written stop is heard above 0.84 (0.83 "...from the
-    # North.", 0.71 "...in passing."), so the margin is thin.
+    # North.", 0.71 "...in passing."), so the margin is thin. In the voice loop that turn went 1072 ->
+    # 651 ms and the rest stayed within the noise: p50 1.04, p95 0.91 (`heard-overrule`); on the
+    # paused-speech set it applied to no turn (0.99, 0.98; bench/RESULTS.md).
     heard_stop_overrule_threshold: float = 0.9
     # Extension: while the words before a pause are being judged (transcribed, and scored by the
     # LLM with rule "llm"), the pause ends the turn no sooner than the judgment, and at the
