@@ -300,6 +300,21 @@ def test_a_stop_whisper_is_sure_of_ends_the_turn_after_the_finished_pause(models
     assert timings["end_silence_ms"] == (250 if heard_stop_threshold else 500), timings
 
 
+@pytest.mark.parametrize("overrule_threshold", [0.5, 0.0])
+def test_a_stop_whisper_is_sure_of_overrules_the_llms_hold_to_the_usual_pause(models, overrule_threshold):
+    audio = np.concatenate([voiced("p301_410"), np.zeros(int(1.5 * RATE), np.float32)])
+    # The LLM holds every sentence here (its score is always under 1.01); only the heard stop can release it.
+    turns = TurnDetectionConfig(silence_duration_ms=500, finished_silence_ms=250, sentence_end_threshold=1.01,
+                                heard_stop_threshold=0.7, heard_stop_overrule_threshold=overrule_threshold,
+                                judge_by_words_when_llm_busy=False)
+    timings = reply_timings(run_session(models, audio, turns))
+    assert timings["heard_stop_p"] > 0.7, timings
+    if overrule_threshold:  # released, but to the usual pause: the two judges disagree
+        assert (timings["unfinished"], timings["end_silence_ms"]) == (None, 500), timings
+    else:
+        assert (timings["unfinished"], timings["end_silence_ms"]) == ("unlikely_end", 900), timings
+
+
 @contextmanager
 def recorded_words_prewarms(models):
     """Each words pre-warm the session asks for: (its prompt prefix's tokens, how many of them the
