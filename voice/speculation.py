@@ -85,7 +85,8 @@ def unfinished_hold(text: str, config: TurnDetectionConfig, sentence_end_probabi
         reason = unfinished_reason(text)
         if config.unfinished_rule == "llm" and reason != CONTINUER and sentence_end_probability is not None:
             reason = UNLIKELY_END if sentence_end_probability < config.sentence_end_threshold else None
-            if reason == UNLIKELY_END and _heard_at_least(text, config.heard_stop_overrule_threshold, heard_stop_p):
+            if (reason == UNLIKELY_END and _ends_on_stop(text)
+                    and _heard_at_least(config.heard_stop_overrule_threshold, heard_stop_p)):
                 return None, config.silence_duration_ms
     else:
         raise ValueError(f"unfinished_rule must be one of {', '.join(UNFINISHED_RULES)}, not {config.unfinished_rule!r}")
@@ -103,16 +104,20 @@ def clearly_finished(text: str, config: TurnDetectionConfig, sentence_end_probab
     weak: tiny Whisper puts one on half sentences. The second is the LLM's judgment of the bare
     words (which finds many a half sentence a plausible whole one, and many a whole one not), or
     Whisper's own confidence in that stop, which hears whether the voice sounded finished."""
-    if config.unfinished_rule != "llm" or text.strip()[-1:] not in (".", "?", "!"):
+    if config.unfinished_rule != "llm" or not _ends_on_stop(text):
         return False
     judged = sentence_end_probability is not None and sentence_end_probability >= config.finished_threshold
-    return judged or _heard_at_least(text, config.heard_stop_threshold, heard_stop_p)
+    return judged or _heard_at_least(config.heard_stop_threshold, heard_stop_p)
 
 
-def _heard_at_least(text: str, threshold: float, heard_stop_p: float | None) -> bool:
-    """Whisper wrote a final stop after the words, and was at least `threshold` sure of it (0: never)."""
-    return (bool(threshold) and heard_stop_p is not None and heard_stop_p >= threshold
-            and text.strip()[-1:] in (".", "?", "!"))
+def _ends_on_stop(text: str) -> bool:
+    """Whisper wrote a final ".", "?" or "!" after the words."""
+    return text.strip()[-1:] in (".", "?", "!")
+
+
+def _heard_at_least(threshold: float, heard_stop_p: float | None) -> bool:
+    """Whisper was at least `threshold` sure of the final stop it wrote (a threshold of 0: never)."""
+    return bool(threshold) and heard_stop_p is not None and heard_stop_p >= threshold
 
 
 def longest_hold(config: TurnDetectionConfig) -> int:
