@@ -199,7 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                     llm_prewarm=args.llm_prewarm,
                                                                                     llm_prewarm_words=args.llm_prewarm_words,
                                                                                     judge_in_reply=args.judge_in_reply,
-                                                                                    settle_pauses=args.settle_pauses)),
+                                                                                    settle_pauses=args.settle_pauses,
+                                                                                    drop_partial_at_pause=args.drop_partial_at_pause)),
                                    model_name=f"voxloop-cascade/{models.llm.name}",
                                    transcription_model=models.asr.name)
         listener = await server.start(args.host, args.port)
@@ -331,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "them, so Whisper's final pass transcribes only what follows: a long turn is answered "
                             "sooner, but the words just after such a pause are heard with less context (WER +0.01 on "
                             "the bench's clips; default: %(default)s)")
+    turns.add_argument("--drop-partial-at-pause", action=argparse.BooleanOptionalAction,
+                       default=SessionConfig.drop_partial_at_pause,
+                       help="at a pause, drop the partial transcription in flight, whose audio the pause's own pass "
+                            "covers, so that it does not run beside the reply's first token (default: %(default)s)")
     turns.add_argument("--min-speech-ms", type=int, default=defaults.min_speech_ms,
                        help=f"speech shorter than this neither starts a turn nor interrupts (default: {defaults.min_speech_ms})")
     _add_model_options(serve)

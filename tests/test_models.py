@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 import threading
-import time
 from contextlib import aclosing, contextmanager
 
 import numpy as np
@@ -150,7 +149,17 @@ def test_missing_models_give_clear_errors(tmp_path):
         PiperSynthesizer(str(tmp_path / "missing.onnx"))
 
 
-def test_llm_streams_tokens_and_stops_when_closed(llm):
+def test_llm_streams_tokens_and_stops_when_closed(llm, monkeypatch):
+    sampled = 0
+    sample = llm.llama.sample
+
+    def counting(*args, **kwargs):
+        nonlocal sampled
+        sampled += 1
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(llm.llama, "sample", counting)
+
     async def run():
         messages = [{"role": "user", "content": "Tell me a long story about a dragon."}]
         pieces = []
@@ -159,17 +168,16 @@ def test_llm_streams_tokens_and_stops_when_closed(llm):
                 pieces.append(piece)
                 if len(pieces) == 5:
                     break
-        # The worker must be free again at once: the next generation starts promptly.
-        start = time.perf_counter()
         async with aclosing(llm.stream(messages, GenerationSettings(max_tokens=1))) as stream:
             first = [piece async for piece in stream]
-        return pieces, first, time.perf_counter() - start
+        return pieces, first
 
-    pieces, first, restart_s = asyncio.run(run())
+    pieces, first = asyncio.run(run())
     assert len(pieces) == 5 and "".join(pieces).strip()
     assert first
-    # 200 tokens take seconds; a worker still busy with them would show here.
-    assert restart_s < 2.0
+    # The worker stopped soon after the close, not at 200 tokens: the next request waited for
+    # whatever the first one still sampled (a few tokens may run ahead of the reader).
+    assert sampled < 100, sampled
 
 
 def test_piper_speaks_at_the_protocol_rate():

@@ -146,6 +146,70 @@ def test_by_default_nothing_settles(models):
     assert timings["asr_settled_s"] == 0 and timings["asr_audio_s"] > 6.5, timings
 
 
+@pytest.mark.parametrize("drop", [True, False])
+def test_the_partial_pass_in_flight_at_a_pause_never_decodes_after_the_pauses_own_pass(models, monkeypatch, drop):
+    """Its decoder would run after the pause's pass (a final pass goes first), beside the reply's first token."""
+    import threading
+
+    from voxloop.voice import session as session_module
+
+    pausing = threading.Event()  # set from each pause until the user goes on
+    final_pass = threading.local()
+    partial_decodes: list[bool] = []  # per partial decoder run: was its pass held until a pause?
+    encode, decode, transcribe_final = models.asr.encode, models.asr.decode, models._transcribe_unless_dropped
+
+    def final(audio16k, dropped):
+        final_pass.active = True
+        try:
+            return transcribe_final(audio16k, dropped)
+        finally:
+            final_pass.active = False
+
+    def partial_held_until_a_pause(audio16k):
+        if getattr(final_pass, "active", False):
+            return encode(audio16k)
+        assert pausing.wait(30), "no pause came"  # so that a partial pass is surely in flight at every pause
+        speech = encode(audio16k)
+        speech.held_until_pause = True
+        return speech
+
+    def recording_decode(speech):
+        if not getattr(final_pass, "active", False):
+            partial_decodes.append(getattr(speech, "held_until_pause", False))
+        return decode(speech)
+
+    def on_paused(self, audio_end_ms):
+        pausing.set()
+        paused(self, audio_end_ms)
+
+    def on_resumed(self, resumed):
+        pausing.clear()
+        resumed_(self, resumed)
+
+    paused, resumed_ = VoiceSession._on_speech_paused, VoiceSession._on_speech_resumed
+    monkeypatch.setattr(models, "_transcribe_unless_dropped", final)
+    monkeypatch.setattr(models.asr, "encode", partial_held_until_a_pause)
+    monkeypatch.setattr(models.asr, "decode", recording_decode)
+    monkeypatch.setattr(VoiceSession, "_on_speech_paused", on_paused)
+    monkeypatch.setattr(VoiceSession, "_on_speech_resumed", on_resumed)
+    monkeypatch.setattr(session_module, "PARTIAL_INTERVAL_S", 0.05)
+    try:
+        events = run_session(models, with_a_pause(voiced("p301_410"), voiced("arctic_a0024_1592747999"), 2.0),
+                             TurnDetectionConfig(silence_duration_ms=1000, finished_silence_ms=0),  # one turn
+                             config=SessionConfig(drop_partial_at_pause=drop))
+    finally:
+        pausing.set()  # a partial pass still held (none should be) lets the worker go
+    timings = reply_timings(events)
+    assert timings["partial_at_pause"] is True, timings
+    transcript = next(e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert word_error_rate("hopefully we can learn from our mistakes it was my reports from the north which chiefly "
+                           "induced people to buy", transcript) < 0.25, transcript
+    if drop:
+        assert True not in partial_decodes, partial_decodes
+    else:  # the check can fail: without the drop, such a decoder runs
+        assert True in partial_decodes, partial_decodes
+
+
 def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):
     speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
     # A long hangover, spoken three times slower than real time, so that even a loaded machine

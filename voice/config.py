@@ -40,6 +40,9 @@ class SessionConfig:
     # costs words where the rest of a turn starts without its sentence (WER +0.009 and +0.010
     # here, with and without the partial transcript's words in context; bench/RESULTS.md).
     settle_pauses: bool = False
+    # At a pause, drop the partial pass in flight: the pause's own pass covers all its audio, and
+    # the partial one, run after it, would share the cores with the reply's first token and audio.
+    drop_partial_at_pause: bool = True
 
     def reply_settings(self) -> GenerationSettings:
         """The generation settings for a reply. The sentence limit holds the model to the default

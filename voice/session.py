@@ -70,6 +70,7 @@ class UserTurn:
     start_sample: int
     settled: SettledSpeech
     partials: asyncio.Task | None = None
+    partial_pass: asyncio.Task | None = None  # the partial transcription in flight
     speculation: Speculation | None = None
     speculations: int = 0  # started in this turn: more than one means the user paused and went on
 
@@ -214,6 +215,12 @@ class VoiceSession:
         self._drop_speculation()
         speculation = self._speculation(turn, audio_end_ms)
         speculation.marks["speech_paused"] = time.monotonic()
+        # The pause's pass covers the partial one's audio and more. Run after it, the partial pass
+        # shares the cores with the reply's first token; if the user goes on, the next one starts.
+        in_flight = turn.partial_pass is not None and not turn.partial_pass.done()
+        if in_flight and self.config.drop_partial_at_pause:
+            turn.partial_pass.cancel()  # a running encoder cannot be stopped, but its decoder is then never queued
+        speculation.marks["partial_at_pause"] = in_flight
         speculation.task = asyncio.create_task(self._speculate(speculation))
         turn.speculation = speculation
         turn.speculations += 1
@@ -400,15 +407,19 @@ class VoiceSession:
             if self._detector.silence_ms > 0:
                 continue
             if (pause_end := settled.untranscribed_pause()) is not None:  # this time, the words before a pause
-                head = await self.models.transcribe(self._audio.slice(settled.end_sample, pause_end), urgent=False)
-                settled.transcribed_pause(pause_end, head)
+                head = await self._partial_pass(turn, self._audio.slice(settled.end_sample, pause_end))
+                if head is not None:
+                    settled.transcribed_pause(pause_end, head)
                 continue
             # The whole turn, even once its start is settled: these words give the final pass's
             # first words after the settled ones their context (settled_speech.with_context).
             audio = self._audio.slice(turn.start_sample, self._audio.end)
             if audio.size < MIN_PARTIAL_AUDIO_S * SAMPLE_RATE:
                 continue
-            words = (await self.models.transcribe(audio, urgent=False)).text.split()
+            transcript = await self._partial_pass(turn, audio)
+            if transcript is None:
+                continue
+            words = transcript.text.split()
             settled.agree(words)
             stable = agreed_prefix(previous, words)
             previous = words
@@ -419,6 +430,18 @@ class VoiceSession:
                 emitted = stable
                 if self.config.llm_prewarm_words and not self.response_active:  # they will open the prompt: evaluate them now
                     self._prewarm_next_prompt(user_words=" ".join(words[:stable]))
+
+    async def _partial_pass(self, turn: UserTurn, audio: np.ndarray) -> Transcript | None:
+        """One partial transcription of `audio`; None if a pause dropped it (`_on_speech_paused`)."""
+        turn.partial_pass = asyncio.create_task(self.models.transcribe(audio, urgent=False))
+        try:
+            return await turn.partial_pass
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # the turn ended: the loop stops
+                raise
+            return None
+        finally:
+            turn.partial_pass = None
 
     # ----------------------------------------------------------------- conversation
 
@@ -651,7 +674,7 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
         if marks.get(name) is not None:
             timings[f"{name}_ms"] = round(1000 * (marks[name] - reference), 1)
     for name in ("speculation", "speculations", "end_silence_ms", "unfinished", "sentence_end_p", "heard_stop_p",
-                 "llm_prompt_tokens", "llm_cached_tokens", "reply_end"):
+                 "llm_prompt_tokens", "llm_cached_tokens", "reply_end", "partial_at_pause"):
         if name in marks:
             timings[name] = marks[name]
     return timings
