@@ -85,6 +85,8 @@ def test_reply_is_played_transcribed_and_timed(server, clips):
         async with conversation(server.ws_url, device, SHORT) as (talk, client):
             device.say(speech(clip))
             await wait_for(lambda: talk.state.turns and talk.state.turns[0].finished, TURN_TIMEOUT_S, "the first turn")
+            # A turn is finished within half a millisecond of its audio's end, so a few samples may still be queued.
+            await wait_for(lambda: device.queued_ms == 0, 1.0, "the speaker to play the last samples")
             return talk, client
 
     talk, client = asyncio.run(run())
