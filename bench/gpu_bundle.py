@@ -38,6 +38,7 @@ from voxloop.bench.speech import speech_dir
 WHEELS = [
     "faster-whisper==1.2.1", "ctranslate2==4.8.5", "av==18.1.0", "silero-vad==6.2.3", "piper-tts==1.8.0", "pathvalidate",
     "websockets", "soxr", "soundfile", "cffi", "pycparser", "jiwer", "rapidfuzz", "diskcache",
+    "onnx==1.23.2", "ml_dtypes", "protobuf",  # Piper's voice cut at its decoder (voice/piper_pieces.py)
 ]
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 # The sdist carries a git pack of llama.cpp's history, and llama.cpp's own test vocabularies,

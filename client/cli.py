@@ -47,6 +47,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             "with about twice as fast on a CPU, and uses a GGUF you name as it is (default: auto)")
     group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
+    group.add_argument("--piper-whole-sentences", action="store_true",
+                       help="decode each sentence in one pass, as Piper does (default: its decoder runs a few latent "
+                            "frames at a time, so a clause's first audio comes after a fraction of its decoding)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")
     group.add_argument("--xtts-device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
     group.add_argument("--xtts-language", default="en", help="XTTS language code (default: en)")
@@ -83,7 +86,8 @@ def _model_options(args: argparse.Namespace):
                         llm_api_key_env=args.llm_api_key_env, llm_gpu_layers=args.llm_gpu_layers,
                         llm_cache_copies_mib=args.llm_cache_copies_mib, llm_slots=args.llm_slots,
                         llm_quant=args.llm_quant, tts=args.tts,
-                        piper_voice=args.piper_voice, xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
+                        piper_voice=args.piper_voice, piper_whole_sentences=args.piper_whole_sentences,
+                        xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,
                         xtts_chunk_tokens=args.xtts_chunk_tokens, xtts_half=args.xtts_half, threads=args.threads,

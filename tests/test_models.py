@@ -197,8 +197,9 @@ def test_piper_speaks_at_the_protocol_rate():
 
 
 def test_piper_threads_sleep_between_clauses():
-    options = PiperSynthesizer().voice.session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for tts in (PiperSynthesizer(), PiperSynthesizer(whole_sentences=True)):
+        for session in tts.voice.sessions:
+            assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_numpy_blas_is_kept_to_one_thread():

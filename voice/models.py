@@ -52,6 +52,9 @@ class ModelOptions:
     llm_quant: str = "auto"
     tts: str = "piper"
     piper_voice: str | None = None  # None: the bundled voice
+    # Each sentence decoded in one pass, as Piper does, instead of a few latent frames at a time
+    # (voice/piper_pieces.py), where a clause's first audio comes before its decoder has finished.
+    piper_whole_sentences: bool = False
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
     xtts_device: str = "auto"  # auto: cuda when available, else cpu
     xtts_language: str = "en"
@@ -156,7 +159,8 @@ def llm_gguf_path(options: ModelOptions) -> str:
 
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:
     if options.tts == "piper":
-        return PiperSynthesizer(options.piper_voice, spinning_threads=options.spinning_threads)
+        return PiperSynthesizer(options.piper_voice, spinning_threads=options.spinning_threads,
+                                whole_sentences=options.piper_whole_sentences)
     if options.tts == "xtts":
         from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
 

@@ -8,6 +8,7 @@ default; the XTTS backend plugs in through the same `SpeechSynthesizer` protocol
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -20,6 +21,8 @@ from voxloop.codecs.pcm import WIRE_RATE
 from voxloop.codecs.resample import StreamResampler
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.threaded import iterate_in_thread
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_RATE = WIRE_RATE  # backends deliver audio ready for the wire
 
@@ -42,15 +45,18 @@ def bundled_piper_voice() -> Path:
 
 
 class PiperSynthesizer:
-    def __init__(self, voice_path: str | None = None, use_cuda: bool = False, spinning_threads: bool = False):
+    def __init__(self, voice_path: str | None = None, use_cuda: bool = False, spinning_threads: bool = False,
+                 whole_sentences: bool = False):
+        """`whole_sentences`: decode each sentence in one pass, as Piper does, instead of in pieces
+        (voice/piper_pieces.py); a voice that cannot be cut in two is always decoded whole."""
         path = Path(voice_path).expanduser() if voice_path else bundled_piper_voice()
         if not path.is_file():
             raise ModelNotFoundError(f"Piper voice {path} does not exist (expected a .onnx file with its .onnx.json beside it)")
         config = Path(str(path) + ".json")
         if not config.is_file():
             raise ModelNotFoundError(f"Piper voice config {config} does not exist")
-        self.voice = _load_piper_voice(path, config, use_cuda, spinning_threads)
-        self.sample_rate = int(self.voice.config.sample_rate)
+        self.voice = _load_piper_voice(path, config, use_cuda, spinning_threads, whole_sentences)
+        self.sample_rate = self.voice.sample_rate
         self.name = f"piper:{path.stem}"
         self.default_voice = path.stem
         # onnxruntime sessions are thread-safe, but one worker keeps sessions from
@@ -59,8 +65,8 @@ class PiperSynthesizer:
 
     def _chunks(self, text: str) -> Iterator[np.ndarray]:
         resampler = StreamResampler(self.sample_rate, OUTPUT_RATE)
-        for chunk in self.voice.synthesize(text):
-            yield resampler.process(chunk.audio_float_array)
+        for audio in self.voice.synthesize(text):
+            yield resampler.process(audio)
         yield resampler.flush()
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[np.ndarray]:
@@ -70,9 +76,25 @@ class PiperSynthesizer:
                     yield chunk
 
 
-def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads: bool):
-    """`PiperVoice.load`, but with an onnxruntime session whose worker threads sleep when idle
-    (unless `spinning_threads`).
+class WholeSentencePiperVoice:
+    """Piper's own synthesis: each sentence decoded in one pass, then scaled to full scale."""
+
+    def __init__(self, voice):
+        self.voice = voice
+        self.sample_rate = int(voice.config.sample_rate)
+
+    @property
+    def sessions(self):
+        return (self.voice.session,)
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        for chunk in self.voice.synthesize(text):
+            yield chunk.audio_float_array
+
+
+def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads: bool, whole_sentences: bool):
+    """The voice, in pieces where it can be cut in two (`PiecewisePiperVoice`), else whole, on
+    onnxruntime sessions whose worker threads sleep when idle (unless `spinning_threads`).
 
     By default they spin for a while after every run, on the cores the LLM needs next: on 2
     cores the LLM's next 40 tokens took 184 ms right after a clause instead of 150, and
@@ -81,9 +103,18 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
     from piper import PiperVoice
     from piper.config import PiperConfig
 
+    from voxloop.voice.piper_pieces import PiecewisePiperVoice, UnsplittableVoice
+
     options = onnxruntime.SessionOptions()
     if not spinning_threads:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if use_cuda else ["CPUExecutionProvider"]
-    return PiperVoice(config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))),
-                      session=onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers))
+    piper_config = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+    if not whole_sentences:
+        try:
+            # The pieces' own sessions hold the model: Piper's is only asked for phonemes.
+            return PiecewisePiperVoice(PiperVoice(config=piper_config, session=None), str(path), options, providers)
+        except UnsplittableVoice as exc:
+            logger.info("Piper voice %s is decoded a sentence at a time: %s", path.name, exc)
+    session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    return WholeSentencePiperVoice(PiperVoice(config=piper_config, session=session))
