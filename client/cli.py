@@ -47,7 +47,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             "with about twice as fast on a CPU, and uses a GGUF you name as it is (default: auto)")
     group.add_argument("--tts", default="piper", choices=["piper", "xtts"], help="TTS backend (default: piper)")
     group.add_argument("--piper-voice", help="path to a Piper voice .onnx (its .onnx.json beside it; default: bundled voice)")
-    group.add_argument("--piper-whole-sentences", action="store_true",
+    group.add_argument("--piper-whole-sentences", action=argparse.BooleanOptionalAction, default=False,
                        help="decode each sentence in one pass, as Piper does (default: its decoder runs a few latent "
                             "frames at a time, so a clause's first audio comes after a fraction of its decoding)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")

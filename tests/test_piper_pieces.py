@@ -57,14 +57,23 @@ def test_pieces_join_into_the_samples_of_one_whole_decode(piper):
     assert np.abs(np.concatenate(pieces) - whole).max() < 1e-4
 
 
-def test_without_their_context_the_pieces_would_click(piper, monkeypatch):
-    """The join above is exact because of the context frames: without them the edges differ."""
+def test_without_enough_context_the_pieces_would_click(piper, monkeypatch):
+    """The join above is exact because of the context frames found at load: with fewer the edges differ."""
     voice = piper.voice
+    assert voice.context_frames == 10  # the bundled voice's decoder sees 9-10 frames either way
     latent = latent_of(voice, LONG_SENTENCE)
     whole = voice.decode(latent, 0, latent.shape[2])
-    monkeypatch.setattr(piper_pieces, "CONTEXT_FRAMES", 0)
-    pieces = [voice.decode(latent, start, stop) for start, stop in piece_bounds(latent.shape[2])]
-    assert np.abs(np.concatenate(pieces) - whole).max() > 1e-2
+    for context, least_error in ((0, 1e-2), (8, 1e-4)):
+        monkeypatch.setattr(voice, "context_frames", context)
+        pieces = [voice.decode(latent, start, stop) for start, stop in piece_bounds(latent.shape[2])]
+        assert np.abs(np.concatenate(pieces) - whole).max() > least_error, context
+
+
+def test_a_voice_whose_pieces_never_join_is_decoded_whole(monkeypatch):
+    """A decoder that sees further than any context tried is not cut, and Piper decodes it whole."""
+    monkeypatch.setattr(piper_pieces, "CONTEXT_FRAMES_TRIED", (4,))
+    tts = PiperSynthesizer()
+    assert isinstance(tts.voice, WholeSentencePiperVoice)
 
 
 def test_piece_bounds_cover_every_frame_once_growing_to_the_longest_piece():

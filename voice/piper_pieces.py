@@ -5,9 +5,10 @@ sentence's phonemes into latent frames, one per `hop_length` output samples, and
 decoder turns the frames into audio. The decoder is most of a clause's time, and it is
 convolutional: each sample depends only on the frames near it. So the graph is cut in two at the
 decoder's input. The front runs on the whole sentence, as it must (durations and the flow see
-all of it), and the decoder runs on a few frames at a time, each piece with `CONTEXT_FRAMES` of
-its neighbours on either side, which gives the samples of one whole pass to within float
-rounding (tests/test_piper_pieces.py). The first piece is short, so the user hears the reply
+all of it), and the decoder runs on a few frames at a time, each piece with enough of its
+neighbours on either side to cover the decoder's receptive field, which gives the samples of one
+whole pass to within float rounding. How many is enough is found at load, on the voice itself
+(`PiecewisePiperVoice.calibrate`): 10 for the bundled voice. The first piece is short, so the user hears the reply
 after the front and a small part of the decoder; later pieces are longer, as the audio already
 queued covers their time.
 
@@ -25,12 +26,16 @@ import numpy as np
 
 # The decoder's first convolution, by the weight name Piper's VITS export gives it.
 DECODER_ENTRY_WEIGHT = "dec.conv_pre.weight"
-# Neighbouring frames decoded with each piece and then dropped. 16 gives the whole pass's samples
-# to within 1e-6 on the bundled voice; 8 was off by up to 1e-3.
-CONTEXT_FRAMES = 16
+# Neighbouring frames decoded with each piece and then dropped, tried in this order at load: the
+# first with which pieces give the samples of a whole pass is kept.
+CONTEXT_FRAMES_TRIED = (10, 16, 24, 32, 48)
+# How far pieces may stray from a whole pass: float rounding is about 1e-6, a receptive field
+# cut short shows as 1e-3 and more at the joins.
+JOIN_TOLERANCE = 1e-4
 # The first piece is about 190 ms of audio at 22.05 kHz, of which Piper's lead-in silence takes
-# 40-60 ms; the second must be ready before the first has played, the rest have more time.
-PIECE_FRAMES = (16, 48, 128)
+# 40-60 ms; the second must be ready before the first has played, the rest have more time. Each
+# piece after the first costs its context frames on either side again, so they grow fast.
+PIECE_FRAMES = (16, 64, 256)
 CALIBRATION_TEXT = ("Ask not what your country can do for you. Absolutely, I can help with that! "
                     "What would you like to know about the weather today?")
 # Where the loudest calibration sentence peaks: some headroom for sentences louder still, which clip.
@@ -95,8 +100,9 @@ class PiecewisePiperVoice:
         self.decoder = onnxruntime.InferenceSession(decoder.SerializeToString(), sess_options=session_options, providers=providers)
         self.sample_rate = int(voice.config.sample_rate)
         self.hop_length = int(voice.config.hop_length)
+        self.context_frames = CONTEXT_FRAMES_TRIED[-1]
         self.gain = 1.0
-        self.gain = calibrated_gain(self)
+        self.calibrate()
 
     @property
     def sessions(self):
@@ -116,7 +122,7 @@ class PiecewisePiperVoice:
     def decode(self, latent: np.ndarray, start: int, stop: int) -> np.ndarray:
         """The samples of frames start..stop, decoded with their neighbours for context."""
         frames = latent.shape[2]
-        low, high = max(0, start - CONTEXT_FRAMES), min(frames, stop + CONTEXT_FRAMES)
+        low, high = max(0, start - self.context_frames), min(frames, stop + self.context_frames)
         audio = self.decoder.run(None, {self.latent_name: latent[:, :, low:high]})[0].reshape(-1)
         offset = (start - low) * self.hop_length
         return audio[offset:offset + (stop - start) * self.hop_length]
@@ -131,13 +137,21 @@ class PiecewisePiperVoice:
             if phonemes:
                 yield from self.pieces(self.latent(self.voice.phonemes_to_ids(phonemes)))
 
+    def calibrate(self) -> None:
+        """Set the context that makes pieces join exactly, and the gain that brings the loudest
+        of a few sentences to CALIBRATION_PEAK. It warms both sessions up too."""
+        latents = [self.latent(self.voice.phonemes_to_ids(phonemes))
+                   for phonemes in self.voice.phonemize(CALIBRATION_TEXT) if phonemes]
+        wholes = [self.decode(latent, 0, latent.shape[2]) for latent in latents]
+        longest = max(range(len(latents)), key=lambda index: latents[index].shape[2])
+        for context in CONTEXT_FRAMES_TRIED:
+            self.context_frames = context
+            pieces = [self.decode(latents[longest], start, stop) for start, stop in piece_bounds(latents[longest].shape[2])]
+            if np.abs(np.concatenate(pieces) - wholes[longest]).max() < JOIN_TOLERANCE:
+                break
+        else:
+            raise UnsplittableVoice(f"its pieces differ from a whole pass even with {context} frames of context")
+        loudest = max(float(np.abs(whole).max()) for whole in wholes)
+        self.gain = CALIBRATION_PEAK / loudest if loudest > 1e-4 else 1.0
 
-def calibrated_gain(voice: PiecewisePiperVoice) -> float:
-    """The gain that brings the loudest of a few sentences to CALIBRATION_PEAK (it also warms both sessions up)."""
-    peaks = []
-    for phonemes in voice.voice.phonemize(CALIBRATION_TEXT):
-        if phonemes:
-            latent = voice.latent(voice.voice.phonemes_to_ids(phonemes))
-            peaks.append(float(np.abs(voice.decode(latent, 0, latent.shape[2])).max()))
-    loudest = max(peaks, default=0.0)
-    return CALIBRATION_PEAK / loudest if loudest > 1e-4 else 1.0
+
