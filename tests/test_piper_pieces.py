@@ -98,7 +98,8 @@ def test_the_voice_is_loud_and_never_past_full_scale(piper):
 
 
 def test_closing_the_clause_stops_its_decoder(piper, monkeypatch):
-    """Barge-in: once the reader has gone, at most the piece in hand and one more are decoded."""
+    """Barge-in: once the reader has gone, the worker stops at its next piece: it may have decoded
+    the one after the piece read, and on a loaded machine one more, but not the rest."""
     voice = piper.voice
     decoded = []
     real_decode = voice.decode
@@ -112,7 +113,7 @@ def test_closing_the_clause_stops_its_decoder(piper, monkeypatch):
         await asyncio.get_running_loop().run_in_executor(piper._executor, lambda: None)  # the worker is idle
 
     asyncio.run(first_chunk_only())
-    assert total >= 4 and 1 <= len(decoded) <= 2, (decoded, total)
+    assert total >= 4 and 1 <= len(decoded) <= 3 < total, (decoded, total)
 
 
 def _graph(inputs: list[str], with_decoder: bool) -> onnx.ModelProto:

@@ -8,13 +8,14 @@ decoder's input. The front runs on the whole sentence, as it must (durations and
 all of it), and the decoder runs on a few frames at a time, each piece with enough of its
 neighbours on either side to cover the decoder's receptive field, which gives the samples of one
 whole pass to within float rounding. How many is enough is found at load, on the voice itself
-(`PiecewisePiperVoice.calibrate`): 10 for the bundled voice. The first piece is short, so the user hears the reply
-after the front and a small part of the decoder; later pieces are longer, as the audio already
-queued covers their time.
+(`PiecewisePiperVoice.calibrate`): 10 for the bundled voice. The first piece is short, so the
+user hears the reply after the front and a small part of the decoder; later pieces are longer,
+as the audio already queued covers their time. In the voice loop, Piper's step to the first
+audio took 92 -> 58 ms at the median (bench/RESULTS.md, `piper-pieces`).
 
 Piper scales every sentence to full scale once it has all of it. A piece cannot wait for that,
-so the voice gets one gain, set at load from a few sentences (`calibrated_gain`): the loudness
-no longer jumps from one sentence to the next, and the loudest sentences stay just below full
+so the voice gets one gain, set at load from a few sentences (`calibrate`): the loudness no
+longer jumps from one sentence to the next, and the loudest sentences stay just below full
 scale.
 """
 
