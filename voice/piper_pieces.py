@@ -109,14 +109,16 @@ class PiecewisePiperVoice:
     def sessions(self):
         return self.front, self.decoder
 
-    def latent(self, phoneme_ids: list[int], noise_scale: float | None = None) -> np.ndarray:
-        """The sentence's latent frames, (1, channels, frames)."""
+    def latent(self, phoneme_ids: list[int], noise_scale: float | None = None,
+               noise_w_scale: float | None = None) -> np.ndarray:
+        """The sentence's latent frames, (1, channels, frames). The noise scales default to the voice's."""
         config = self.voice.config
+        scales = [config.noise_scale if noise_scale is None else noise_scale, config.length_scale,
+                  config.noise_w_scale if noise_w_scale is None else noise_w_scale]
         feeds = {
             "input": np.array([phoneme_ids], dtype=np.int64),
             "input_lengths": np.array([len(phoneme_ids)], dtype=np.int64),
-            "scales": np.array([config.noise_scale if noise_scale is None else noise_scale, config.length_scale,
-                                config.noise_w_scale], dtype=np.float32),
+            "scales": np.array(scales, dtype=np.float32),
         }
         return self.front.run(None, feeds)[0]
 
