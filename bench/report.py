@@ -50,6 +50,9 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
                # A conversation stuck repeating one short reply is cheap to voice and flatters latency.
                "reply_s_median": percentiles([t.reply_audio_ms / 1000 for t in ok if t.reply_audio_ms])["p50"],
                "distinct_replies": len({t.reply.strip().lower() for t in ok if t.reply.strip()}),
+               # Audio that runs dry mid-reply is a break the user hears, whatever the first audio's latency.
+               "stalled_replies": sum(1 for t in ok if t.playback_stall_ms),
+               "playback_stall_ms_max": max((t.playback_stall_ms or 0.0 for t in ok), default=None),
                # A reply the token cap cut short sounds broken however soon it started.
                "replies_cut_mid_sentence": sum(1 for t in ok if t.reply_status != "cancelled" and t.reply.strip()
                                                and not _ends_a_sentence(t.reply))}
@@ -62,19 +65,25 @@ def _ends_a_sentence(text: str) -> bool:
     return text.rstrip().rstrip("\"')]")[-1:] in (".", "?", "!")
 
 
+def _stalls(summary: dict) -> str:
+    if summary.get("stalled_replies") is None:  # a summary from before the bench counted them
+        return "–"
+    return f"{summary['stalled_replies']} ({_fmt(summary.get('playback_stall_ms_max'))})"
+
+
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
     lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early "
-             "| distinct replies | reply s (median) | replies cut mid-sentence |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| replies that stalled (longest ms) | distinct replies | reply s (median) | replies cut mid-sentence |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
         lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
                      f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {_fmt(s['wer'], 3)} | {s.get('false_end_turns', 0)}/{s['turns']} | "
-                     f"{s.get('distinct_replies', '–')} | {_fmt(s.get('reply_s_median'), 1)} | "
+                     f"{_stalls(s)} | {s.get('distinct_replies', '–')} | {_fmt(s.get('reply_s_median'), 1)} | "
                      f"{s.get('replies_cut_mid_sentence', '–')} |")
     return "\n".join(lines)
 

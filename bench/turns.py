@@ -25,6 +25,8 @@ TURN_TIMEOUT_S = 45.0
 # A turn the server ends this far before the true end of speech ended inside the utterance:
 # more than VAD and energy disagree on where a soft last word stops, less than any word.
 FALSE_END_MARGIN_MS = 250
+# A wait for the reply's next audio, once it has begun, that a listener hears as a break.
+STALL_S = 0.02
 
 
 @dataclass
@@ -49,6 +51,9 @@ class TurnMeasurement:
     reply: str = ""
     reply_status: str | None = None  # response.done's: "completed" heard out, "incomplete" cut by the token cap
     reply_audio_ms: float | None = None
+    # How long a client playing the deltas on arrival sat silent mid-reply, waiting for audio the
+    # server had not sent yet (stalls of STALL_S or more, added up): breaks the user hears.
+    playback_stall_ms: float | None = None
     error: str | None = None
     server_timings: dict = field(default_factory=dict)
     # Turn ends (speech_stopped) the server reported while the clip was spoken, and how many of
@@ -146,6 +151,17 @@ def play_schedule(deltas: list[tuple[float, np.ndarray]]) -> Iterator[tuple[floa
 def playback_end(deltas: list[tuple[float, np.ndarray]]) -> float:
     """When that client finishes playing the deltas."""
     return max((start + audio.size / WIRE_RATE for start, _, audio in play_schedule(deltas)), default=0.0)
+
+
+def playback_stalls(deltas: list[tuple[float, np.ndarray]]) -> list[float]:
+    """The waits of STALL_S or more, in seconds, between one delta's end and the next one's start
+    for that client: the reply ran dry while it played."""
+    stalls, previous_end = [], None
+    for play_start, _, audio in play_schedule(deltas):
+        if previous_end is not None and play_start - previous_end >= STALL_S:
+            stalls.append(play_start - previous_end)
+        previous_end = play_start + audio.size / WIRE_RATE
+    return stalls
 
 
 def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
@@ -262,6 +278,7 @@ def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.nd
     timings = extension.get("timings") or {}
     turn.server_timings = timings
     turn.reply_status, turn.reply_audio_ms = response.get("status"), extension.get("audio_ms")
+    turn.playback_stall_ms = round(1000 * sum(playback_stalls(deltas)), 1)
     played, first_arrival = first_audible_play_time(deltas)
     turn.voice_to_voice_ms = 1000 * (played - true_end_unix)
     reference = timings.get("reference_unix")

@@ -104,3 +104,12 @@ def test_the_chain_table_gives_each_step_after_the_previous_one_and_when_the_aud
     # a missing mark leaves out only the steps on either side of it
     assert rows["first token"] == ["35", "–"] and rows["first clause"] == ["55", "–"]
     assert rows["first audio ready, relative to `speech_stopped`"] == ["70", "20"]
+
+
+def test_the_summary_counts_replies_whose_audio_ran_dry_while_playing():
+    turns = [turn(name, 600) for name in "abc"]
+    for t, stall in zip(turns, [0.0, 45.0, 120.0]):
+        t.playback_stall_ms = stall
+    summary = summarize(turns)
+    assert (summary["stalled_replies"], summary["playback_stall_ms_max"]) == (2, 120.0)
+    assert "| 2 (120) |" in markdown_table({"A": summary})

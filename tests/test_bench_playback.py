@@ -3,7 +3,7 @@ the previous one when that is still playing."""
 
 import numpy as np
 
-from voxloop.bench.turns import first_audible_play_time, playback_end
+from voxloop.bench.turns import first_audible_play_time, playback_end, playback_stalls
 from voxloop.codecs.pcm import WIRE_RATE
 
 
@@ -27,3 +27,11 @@ def test_a_delta_that_arrives_after_a_gap_plays_on_arrival():
 def test_silence_alone_is_never_heard():
     assert first_audible_play_time([(1.0, seconds(1.0))]) is None
     assert playback_end([]) == 0.0
+
+
+def test_a_reply_that_runs_dry_while_it_plays_stalls():
+    steady = [(10.0, seconds(0.2, 0.1)), (10.1, seconds(0.2, 0.1)), (10.39, seconds(0.2, 0.1))]
+    assert playback_stalls(steady) == []  # each delta came before the previous one had played out
+    late = [(10.0, seconds(0.2, 0.1)), (10.25, seconds(0.2, 0.1)), (10.45, seconds(0.2, 0.1)), (10.7, seconds(0.1, 0.1))]
+    assert np.allclose(playback_stalls(late), [0.05, 0.05])
+    assert playback_stalls([(10.0, seconds(0.2)), (10.21, seconds(0.2))]) == []  # 10 ms: no break a listener hears
