@@ -156,5 +156,3 @@ class PiecewisePiperVoice:
             raise UnsplittableVoice(f"its pieces differ from a whole pass even with {context} frames of context")
         loudest = max(float(np.abs(whole).max()) for whole in wholes)
         self.gain = CALIBRATION_PEAK / loudest if loudest > 1e-4 else 1.0
-
-
