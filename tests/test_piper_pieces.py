@@ -144,3 +144,14 @@ def test_whole_sentences_is_piper_s_own_synthesis():
 
     audio = asyncio.run(speak())
     assert 0.4 < audio.size / OUTPUT_RATE < 3.0 and np.abs(audio).max() > 0.9  # Piper scales it to full scale
+
+
+def test_serve_s_flag_chooses_whole_sentences():
+    from voxloop.client.cli import _model_options, build_parser
+    from voxloop.voice.models import build_tts
+
+    def options(*flags: str):
+        return _model_options(build_parser().parse_args(["serve", *flags]))
+
+    assert not options().piper_whole_sentences
+    assert isinstance(build_tts(options("--piper-whole-sentences")).voice, WholeSentencePiperVoice)
