@@ -53,12 +53,22 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
                # Audio that runs dry mid-reply is a break the user hears, whatever the first audio's latency.
                "stalled_replies": sum(1 for t in ok if t.playback_stall_ms),
                "playback_stall_ms_max": max((t.playback_stall_ms or 0.0 for t in ok), default=None),
+               "stall_s_by_cause": _stall_seconds_by_cause(ok),
                # A reply the token cap cut short sounds broken however soon it started.
                "replies_cut_mid_sentence": sum(1 for t in ok if t.reply_status != "cancelled" and t.reply.strip()
                                                and not _ends_a_sentence(t.reply))}
     for key, _ in STAGES:
         summary["stages"][key] = percentiles([getattr(t, key) for t in ok if getattr(t, key) is not None])
     return summary
+
+
+def _stall_seconds_by_cause(turns: list[TurnMeasurement]) -> dict[str, float]:
+    """All the stalls added up, by what they waited for (turns.stall_cause)."""
+    by_cause: dict[str, float] = {}
+    for turn in turns:
+        for stall in turn.playback_stalls:
+            by_cause[stall["cause"]] = by_cause.get(stall["cause"], 0.0) + stall["wait_ms"] / 1000
+    return {cause: round(seconds, 2) for cause, seconds in sorted(by_cause.items())}
 
 
 def _ends_a_sentence(text: str) -> bool:
@@ -68,7 +78,11 @@ def _ends_a_sentence(text: str) -> bool:
 def _stalls(summary: dict) -> str:
     if summary.get("stalled_replies") is None:  # a summary from before the bench counted them
         return "–"
-    return f"{summary['stalled_replies']} ({_fmt(summary.get('playback_stall_ms_max'))})"
+    stalled = f"{summary['stalled_replies']} ({_fmt(summary.get('playback_stall_ms_max'))})"
+    by_cause = summary.get("stall_s_by_cause")
+    if by_cause:
+        stalled += "; " + ", ".join(f"{cause} {seconds:.1f} s" for cause, seconds in by_cause.items())
+    return stalled
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -77,7 +91,7 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def markdown_table(summaries: dict[str, dict]) -> str:
     lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early "
-             "| replies that stalled (longest ms) | distinct replies | reply s (median) | replies cut mid-sentence |",
+             "| replies that stalled (longest ms; all stalls by what they waited for) | distinct replies | reply s (median) | replies cut mid-sentence |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]

@@ -54,6 +54,8 @@ class TurnMeasurement:
     # How long a client playing the deltas on arrival sat silent mid-reply, waiting for audio the
     # server had not sent yet (stalls of STALL_S or more, added up): breaks the user hears.
     playback_stall_ms: float | None = None
+    # Each of those waits, and what it waited for (stall_cause).
+    playback_stalls: list[dict] = field(default_factory=list)
     error: str | None = None
     server_timings: dict = field(default_factory=dict)
     # Turn ends (speech_stopped) the server reported while the clip was spoken, and how many of
@@ -153,15 +155,44 @@ def playback_end(deltas: list[tuple[float, np.ndarray]]) -> float:
     return max((start + audio.size / WIRE_RATE for start, _, audio in play_schedule(deltas)), default=0.0)
 
 
-def playback_stalls(deltas: list[tuple[float, np.ndarray]]) -> list[float]:
-    """The waits of STALL_S or more, in seconds, between one delta's end and the next one's start
-    for that client: the reply ran dry while it played."""
-    stalls, previous_end = [], None
+@dataclass
+class PlaybackBreak:
+    """A wait of STALL_S or more for that client between one delta's end and the next one's start."""
+
+    ran_dry: float  # when the audio ran out (the client's clock)
+    at_audio_s: float  # how far into the reply's audio
+    wait_s: float
+
+
+def playback_breaks(deltas: list[tuple[float, np.ndarray]]) -> list[PlaybackBreak]:
+    breaks, previous_end, played_s = [], None, 0.0
     for play_start, _, audio in play_schedule(deltas):
         if previous_end is not None and play_start - previous_end >= STALL_S:
-            stalls.append(play_start - previous_end)
+            breaks.append(PlaybackBreak(previous_end, played_s, play_start - previous_end))
         previous_end = play_start + audio.size / WIRE_RATE
-    return stalls
+        played_s += audio.size / WIRE_RATE
+    return breaks
+
+
+def playback_stalls(deltas: list[tuple[float, np.ndarray]]) -> list[float]:
+    """The waits, in seconds, where the reply ran dry while it played."""
+    return [gap.wait_s for gap in playback_breaks(deltas)]
+
+
+def stall_cause(gap: PlaybackBreak, clauses: list[dict], reference_unix: float) -> str:
+    """Why the reply ran dry, from the server's ClauseTimings (ms after `reference_unix`):
+    "text" where it ran dry between clauses before the LLM had finished the next one, "speech"
+    where that text was there (or the break is inside a clause) and TTS had not spoken it yet,
+    "unknown" without the server's clause timings."""
+    if not clauses:
+        return "unknown"
+    start_ms = 0.0
+    for clause in clauses:
+        if abs(start_ms - 1000 * gap.at_audio_s) < 1.0 and start_ms > 0:
+            ready = reference_unix + clause["ready_ms"] / 1000
+            return "text" if ready > gap.ran_dry else "speech"
+        start_ms += clause["audio_ms"]
+    return "speech"
 
 
 def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
@@ -278,7 +309,12 @@ def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.nd
     timings = extension.get("timings") or {}
     turn.server_timings = timings
     turn.reply_status, turn.reply_audio_ms = response.get("status"), extension.get("audio_ms")
-    turn.playback_stall_ms = round(1000 * sum(playback_stalls(deltas)), 1)
+    breaks = playback_breaks(deltas)
+    turn.playback_stall_ms = round(1000 * sum(gap.wait_s for gap in breaks), 1)
+    if timings.get("reference_unix") is not None:
+        turn.playback_stalls = [{"at_audio_ms": round(1000 * gap.at_audio_s, 1), "wait_ms": round(1000 * gap.wait_s, 1),
+                                 "cause": stall_cause(gap, timings.get("clauses") or [], timings["reference_unix"])}
+                                for gap in breaks]
     played, first_arrival = first_audible_play_time(deltas)
     turn.voice_to_voice_ms = 1000 * (played - true_end_unix)
     reference = timings.get("reference_unix")

@@ -195,6 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
             generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None,
                                             first_clause_phrases=args.first_clause_phrases,
                                             first_audio_first=args.first_audio_first,
+                                            synthesize_ahead=args.synthesize_ahead,
                                             max_sentences=args.reply_sentences or None,
                                             repeat_penalty=args.repeat_penalty)
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
@@ -318,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                        default=GenerationSettings.first_audio_first,
                        help="hold the embedded LLM from its first clause until TTS has the first audio, so the two do "
                             "not share the CPU for the sound the user waits for (default: %(default)s)")
+    turns.add_argument("--synthesize-ahead", action=argparse.BooleanOptionalAction,
+                       default=GenerationSettings.synthesize_ahead,
+                       help="synthesize each clause of a reply as soon as the LLM has written it, not once the previous "
+                            "clause's audio has been sent, so later clauses keep ahead of playback (default: %(default)s)")
     turns.add_argument("--history-window", choices=["stable", "sliding"], default="stable",
                        help="trim old conversation half a window at a time, keeping the LLM's cached prompt "
                             "(stable, default), or one item at a time (sliding)")

@@ -19,7 +19,8 @@ import numpy as np
 from voxloop.voice.clauses import ClauseChunker, speakable
 from voxloop.voice.llm import ChatLLM, GenerationSettings, WordsJudgment
 from voxloop.voice.reply_limit import SpokenReplyLimit
-from voxloop.voice.tts import SpeechSynthesizer
+from voxloop.voice.run_ahead import RunAhead
+from voxloop.voice.tts import OUTPUT_RATE, SpeechSynthesizer
 
 
 @dataclass
@@ -28,6 +29,24 @@ class SpeechPiece:
 
     audio: np.ndarray
     clause: str | None = None
+
+
+@dataclass
+class ClauseTiming:
+    """When one clause of a reply reached each step (time.monotonic): what tells a reply that ran
+    dry waiting for the LLM's text from one that waited for TTS."""
+
+    ready: float  # the LLM finished its text
+    synth_start: float | None = None
+    first_audio: float | None = None
+    synth_done: float | None = None
+    audio_s: float = 0.0
+
+    def relative_ms(self, reference: float) -> dict[str, float | None]:
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round(1000 * (t - reference), 1)
+        return {"ready_ms": ms(self.ready), "synth_start_ms": ms(self.synth_start), "first_audio_ms": ms(self.first_audio),
+                "synth_done_ms": ms(self.synth_done), "audio_ms": round(1000 * self.audio_s, 1)}
 
 
 def trim_leading_silence(audio: np.ndarray, floor: float = 10 ** (-50 / 20), keep_samples: int = 240) -> np.ndarray:
@@ -52,34 +71,50 @@ class CascadeResponder:
     async def respond(self, messages: list[dict[str, str]], settings: GenerationSettings, voice: str | None,
                       marks: dict[str, float], judgment: WordsJudgment | None = None) -> AsyncIterator[SpeechPiece]:
         """Stream the spoken reply. Records `llm_first_token`, `llm_first_clause`, `llm_done` and `tts_first_audio`
-        (time.monotonic) into `marks`, and what the LLM reports of the request (ChatLLM.stream).
+        (time.monotonic) into `marks`, each clause's ClauseTiming as `clauses`, and what the LLM
+        reports of the request (ChatLLM.stream).
         `judgment` (only where `judges_in_reply`) is answered by the LLM along the way."""
-        clauses: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        clauses: asyncio.Queue[tuple[str, ClauseTiming] | BaseException | None] = asyncio.Queue()
         # Open: the LLM may run. Closed from the first clause to the first audio if asked to.
         gate = threading.Event()
         gate.set()
         producer = asyncio.create_task(self._write_clauses(messages, settings, clauses, marks,
                                                            gate if settings.first_audio_first else None, judgment))
+        speech = self._speak(clauses, voice, marks, gate)
+        ahead = RunAhead(speech) if settings.synthesize_ahead else None
         try:
-            while (clause := await clauses.get()) is not None:
-                if isinstance(clause, BaseException):
-                    raise clause
-                first_chunk = True
-                async with aclosing(self.tts.synthesize(clause, voice)) as chunks:
-                    async for audio in chunks:
-                        if "tts_first_audio" not in marks:
-                            audio = trim_leading_silence(audio)
-                            if not audio.size:
-                                continue
-                            marks["tts_first_audio"] = time.monotonic()
-                            gate.set()
-                        yield SpeechPiece(audio, clause if first_chunk else None)
-                        first_chunk = False
-                gate.set()  # a clause that made no audible sound must not keep the LLM waiting
+            async with aclosing(ahead.items() if ahead else speech) as pieces:
+                async for piece in pieces:
+                    yield piece
         finally:
             gate.set()  # a generation waiting on it must go on to see that it was abandoned
+            if ahead:
+                await ahead.cancel()
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
+
+    async def _speak(self, clauses: asyncio.Queue, voice: str | None, marks: dict,
+                     gate: threading.Event) -> AsyncIterator[SpeechPiece]:
+        while (clause := await clauses.get()) is not None:
+            if isinstance(clause, BaseException):
+                raise clause
+            text, timing = clause
+            timing.synth_start = time.monotonic()
+            async with aclosing(self.tts.synthesize(text, voice)) as chunks:
+                async for audio in chunks:
+                    if "tts_first_audio" not in marks:
+                        audio = trim_leading_silence(audio)
+                        if not audio.size:
+                            continue
+                        marks["tts_first_audio"] = time.monotonic()
+                        gate.set()
+                    first_chunk = timing.first_audio is None
+                    if first_chunk:
+                        timing.first_audio = time.monotonic()
+                    timing.audio_s += audio.size / OUTPUT_RATE
+                    yield SpeechPiece(audio, text if first_chunk else None)
+            timing.synth_done = time.monotonic()
+            gate.set()  # a clause that made no audible sound must not keep the LLM waiting
 
     async def prewarm(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> int:
         """Let the LLM evaluate the start of the next prompt ahead of time, if it can (see
@@ -94,6 +129,12 @@ class CascadeResponder:
         score = getattr(self.llm, "sentence_end_probability", None)
         return await score(messages, start_within_s) if score is not None else None
 
+    @staticmethod
+    def _timed(text: str, marks: dict) -> tuple[str, ClauseTiming]:
+        timing = ClauseTiming(ready=time.monotonic())
+        marks.setdefault("clauses", []).append(timing)
+        return text, timing
+
     async def _write_clauses(self, messages, settings, clauses: asyncio.Queue, marks: dict[str, float],
                              gate: threading.Event | None, judgment: WordsJudgment | None) -> None:
         chunker = ClauseChunker(first_clause_max_chars=settings.first_clause_max_chars,
@@ -107,7 +148,7 @@ class CascadeResponder:
                     marks.setdefault("llm_first_token", time.monotonic())
                     for clause in chunker.push(piece):
                         if (text := speakable(clause)) and limit.admit(text):
-                            await clauses.put(text)
+                            await clauses.put(self._timed(text, marks))
                             marks.setdefault("llm_first_clause", time.monotonic())
                             if gate is not None and "tts_first_audio" not in marks:
                                 gate.clear()  # the first clause is out: let TTS have the cores for its first audio
@@ -119,7 +160,7 @@ class CascadeResponder:
                 cut_by_token_cap = marks.get("llm_finish_reason") == "length"
                 for clause in chunker.flush():
                     if (text := speakable(clause)) and limit.admit_tail(text, cut_by_token_cap):
-                        await clauses.put(text)
+                        await clauses.put(self._timed(text, marks))
             marks["reply_end"] = limit.end_reason or marks.get("llm_finish_reason")
             marks["llm_done"] = time.monotonic()
             await clauses.put(None)

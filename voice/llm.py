@@ -51,6 +51,9 @@ class GenerationSettings:
     # Hold the LLM once the first clause is written until TTS has its first audio: on a small
     # CPU the two share the cores, and the first audio is what the user is waiting for.
     first_audio_first: bool = True
+    # Synthesize each clause as soon as it is written and TTS is free, not once the previous
+    # clause's audio has been sent (which the session paces): later clauses keep ahead of playback.
+    synthesize_ahead: bool = True
 
 
 class ChatLLM(Protocol):

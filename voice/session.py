@@ -28,7 +28,8 @@ from voxloop.voice.llm import WordsJudgment
 from voxloop.voice.models import CascadeModels
 from voxloop.voice.sample_buffer import SampleBuffer
 from voxloop.voice.settled_speech import SettledSpeech, agreed_prefix
-from voxloop.voice.speculation import PrefetchedReply, Speculation, longest_hold, unfinished_hold, without_final_punctuation
+from voxloop.voice.run_ahead import RunAhead
+from voxloop.voice.speculation import Speculation, longest_hold, unfinished_hold, without_final_punctuation
 from voxloop.voice.turns import SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetectionConfig, TurnDetector
 from voxloop.voice.vad import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
@@ -296,7 +297,7 @@ class VoiceSession:
         reply = self.responder.respond(messages, self.config.reply_settings(), self.config.voice, speculation.marks,
                                        judgment=judgment)
         # A reply that ends without having judged the words (it failed, or was cancelled first) answers None.
-        speculation.reply = PrefetchedReply(reply, on_end=(lambda: judgment.answer(None)) if judgment else None)
+        speculation.reply = RunAhead(reply, on_end=(lambda: judgment.answer(None)) if judgment else None)
 
     def _judged_messages(self, text: str) -> list[dict[str, str]]:
         """The conversation as the LLM judges whether `text` ends a sentence: its final punctuation is no evidence."""
@@ -558,7 +559,7 @@ class VoiceSession:
         if self._transcriptions:  # `commit` then `response.create` at once: answer what was said
             await asyncio.shield(asyncio.gather(*self._transcriptions, return_exceptions=True))
         messages = self.conversation.chat_messages(config.instructions)
-        pieces = prefetched.pieces() if prefetched else self.responder.respond(messages, config.reply_settings(), config.voice, marks)
+        pieces = prefetched.items() if prefetched else self.responder.respond(messages, config.reply_settings(), config.voice, marks)
         await self._stream_response(config, marks, pieces)
 
     async def _stream_response(self, config: SessionConfig, marks: dict[str, Any], pieces: AsyncIterator[SpeechPiece]) -> None:
@@ -677,4 +678,6 @@ def _timings(marks: dict[str, Any]) -> dict[str, float | str | None]:
                  "llm_prompt_tokens", "llm_cached_tokens", "reply_end", "partial_at_pause"):
         if name in marks:
             timings[name] = marks[name]
+    if "clauses" in marks:
+        timings["clauses"] = [clause.relative_ms(reference) for clause in marks["clauses"]]
     return timings

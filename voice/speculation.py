@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from voxloop.voice.asr import Transcript
 from voxloop.voice.cascade import SpeechPiece
+from voxloop.voice.run_ahead import RunAhead
 from voxloop.voice.settled_speech import after_settled
 from voxloop.voice.turns import UNFINISHED_RULES, TurnDetectionConfig
 
-_END = object()
 # Words a sentence practically never ends on: a pause after them is the speaker thinking, even
 # when Whisper put a full stop after them.
 _STRONG_CONTINUERS = {"and", "but", "or", "nor", "because", "the", "a", "an", "of", "with", "from", "uh", "um", "er",
@@ -125,38 +123,6 @@ def longest_hold(config: TurnDetectionConfig) -> int:
     return max(config.silence_duration_ms, config.unfinished_silence_ms, config.unpunctuated_silence_ms)
 
 
-class PrefetchedReply:
-    """A reply stream running ahead into a buffer, read out later by whoever sends it."""
-
-    def __init__(self, stream: AsyncIterator[SpeechPiece], on_end: Callable[[], None] | None = None):
-        """`on_end`: called once the stream has ended, however it ended (even cancelled before it began)."""
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._pump = asyncio.create_task(self._run(stream))
-        if on_end is not None:
-            self._pump.add_done_callback(lambda _pump: on_end())
-
-    async def _run(self, stream: AsyncIterator[SpeechPiece]) -> None:
-        try:
-            async with aclosing(stream) as pieces:
-                async for piece in pieces:
-                    self._queue.put_nowait(piece)
-            self._queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._queue.put_nowait(exc)
-
-    async def pieces(self) -> AsyncIterator[SpeechPiece]:
-        while (piece := await self._queue.get()) is not _END:
-            if isinstance(piece, Exception):
-                raise piece
-            yield piece
-
-    async def cancel(self) -> None:
-        self._pump.cancel()
-        await asyncio.gather(self._pump, return_exceptions=True)
-
-
 @dataclass
 class Speculation:
     audio_end_ms: int
@@ -167,7 +133,7 @@ class Speculation:
     heard_words: list[str] = field(default_factory=list)  # the latest partial transcript of the whole turn
     marks: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None  # transcribes, then may start `reply`; returns the Transcript
-    reply: PrefetchedReply | None = None
+    reply: RunAhead[SpeechPiece] | None = None  # held in its buffer until the turn is confirmed
     unfinished: str | None = None  # why its transcript sounded unfinished, if it did (the pause was held)
     sentence_end: float | None = None  # the LLM's sentence-end probability for its words (rule "llm")
     transcript: Transcript | None = None  # of the whole turn, once its pass finished

@@ -1,0 +1,103 @@
+"""The cascade's reply stage making the next clause's audio while its reader still sends the
+last one, and timing each clause, so a reply that runs dry can be traced to the LLM or TTS."""
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import numpy as np
+
+from voxloop.voice.cascade import CascadeResponder
+from voxloop.voice.llm import GenerationSettings
+from voxloop.voice.tts import OUTPUT_RATE
+
+CLAUSES = ["The first sentence is here.", "A second one follows it.", "And then a third."]
+
+
+class InstantLLM:
+    name = "instant"
+
+    async def stream(self, messages, settings, stats=None, gate=None):
+        for clause in CLAUSES:
+            yield clause + " "
+
+
+class RecordingTTS:
+    """Two 0.25 s chunks per clause, each taking 10 ms to make; records what it started and whether
+    every synthesis it started was closed."""
+
+    default_voice = "test"
+
+    def __init__(self):
+        self.started: list[str] = []
+        self.open = 0
+
+    async def synthesize(self, text, voice=None):
+        self.started.append(text)
+        self.open += 1
+        try:
+            for _ in range(2):
+                await asyncio.sleep(0.01)
+                yield np.full(OUTPUT_RATE // 4, 0.3, np.float32)
+        finally:
+            self.open -= 1
+
+
+def settings(ahead: bool) -> GenerationSettings:
+    return GenerationSettings(max_sentences=None, first_clause_max_chars=None, first_clause_phrases=False,
+                              first_audio_first=False, synthesize_ahead=ahead)
+
+
+async def read_paced(pieces, taken: list[float], stop_after: int | None = None) -> None:
+    """Take each piece, then spend 50 ms sending it, as a session pacing its audio does."""
+    async with aclosing(pieces) as stream:
+        async for _ in stream:
+            taken.append(time.monotonic())
+            if stop_after is not None and len(taken) == stop_after:
+                return
+            await asyncio.sleep(0.05)
+
+
+def reply(ahead: bool) -> tuple[dict, list[float]]:
+    async def run():
+        marks: dict = {}
+        taken: list[float] = []
+        await read_paced(CascadeResponder(InstantLLM(), RecordingTTS()).respond([], settings(ahead), None, marks), taken)
+        return marks, taken
+
+    return asyncio.run(run())
+
+
+def test_ahead_the_next_clause_is_synthesized_before_the_reader_has_taken_the_last():
+    marks, taken = reply(ahead=True)
+    first, second, third = marks["clauses"]
+    assert second.synth_start < taken[1]  # the first clause's second chunk was still waiting to be taken
+    assert third.synth_start < taken[3]
+
+
+def test_in_lockstep_the_next_clause_waits_for_the_reader():
+    marks, taken = reply(ahead=False)
+    first, second, _ = marks["clauses"]
+    assert second.synth_start >= taken[1]
+
+
+def test_each_clause_is_timed_from_its_text_to_its_last_audio():
+    marks, taken = reply(ahead=True)
+    assert len(marks["clauses"]) == 3 and len(taken) == 6
+    for clause in marks["clauses"]:
+        assert clause.ready <= clause.synth_start <= clause.first_audio <= clause.synth_done
+        assert np.isclose(clause.audio_s, 0.5)
+    relative = marks["clauses"][1].relative_ms(marks["clauses"][0].ready)
+    assert relative["audio_ms"] == 500.0 and relative["ready_ms"] >= 0
+
+
+def test_closing_a_reply_that_runs_ahead_stops_its_synthesis():
+    async def run():
+        tts = RecordingTTS()
+        taken: list[float] = []
+        await read_paced(CascadeResponder(InstantLLM(), tts).respond([], settings(True), None, {}), taken, stop_after=1)
+        await asyncio.sleep(0.1)  # long enough for the rest of the reply, had it gone on
+        return tts
+
+    tts = asyncio.run(run())
+    assert tts.open == 0 and len(tts.started) < len(CLAUSES)
