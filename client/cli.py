@@ -196,6 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
                                             first_clause_phrases=args.first_clause_phrases,
                                             first_audio_first=args.first_audio_first,
                                             synthesize_ahead=args.synthesize_ahead,
+                                            tts_deadlines=args.tts_deadlines,
                                             max_sentences=args.reply_sentences or None,
                                             repeat_penalty=args.repeat_penalty)
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
@@ -323,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=GenerationSettings.synthesize_ahead,
                        help="synthesize each clause of a reply as soon as the LLM has written it, not once the previous "
                             "clause's audio has been sent, so later clauses keep ahead of playback (default: %(default)s)")
+    turns.add_argument("--tts-deadlines", action=argparse.BooleanOptionalAction,
+                       default=GenerationSettings.tts_deadlines,
+                       help="tell TTS when each clause's audio is needed, so that Piper, shared by the sessions, decodes "
+                            "the piece needed soonest first; without, clauses are served in the order they were asked for "
+                            "(default: %(default)s)")
     turns.add_argument("--history-window", choices=["stable", "sliding"], default="stable",
                        help="trim old conversation half a window at a time, keeping the LLM's cached prompt "
                             "(stable, default), or one item at a time (sliding)")

@@ -30,10 +30,12 @@ class RecordingTTS:
 
     def __init__(self):
         self.started: list[str] = []
+        self.needed_by: list[float] = []
         self.open = 0
 
-    async def synthesize(self, text, voice=None):
+    async def synthesize(self, text, voice=None, needed_by=None):
         self.started.append(text)
+        self.needed_by.append(needed_by())
         self.open += 1
         try:
             for _ in range(2):
@@ -58,11 +60,11 @@ async def read_paced(pieces, taken: list[float], stop_after: int | None = None) 
             await asyncio.sleep(0.05)
 
 
-def reply(ahead: bool) -> tuple[dict, list[float]]:
+def reply(ahead: bool, tts: RecordingTTS | None = None) -> tuple[dict, list[float]]:
     async def run():
         marks: dict = {}
         taken: list[float] = []
-        await read_paced(CascadeResponder(InstantLLM(), RecordingTTS()).respond([], settings(ahead), None, marks), taken)
+        await read_paced(CascadeResponder(InstantLLM(), tts or RecordingTTS()).respond([], settings(ahead), None, marks), taken)
         return marks, taken
 
     return asyncio.run(run())
@@ -101,3 +103,14 @@ def test_closing_a_reply_that_runs_ahead_stops_its_synthesis():
 
     tts = asyncio.run(run())
     assert tts.open == 0 and len(tts.started) < len(CLAUSES)
+
+
+def test_tts_is_told_when_each_clause_is_needed():
+    """The first clause at once (when its text came); a later one when the audio before it has
+    played, counted from the first audio."""
+    tts = RecordingTTS()
+    marks, _ = reply(ahead=True, tts=tts)
+    first, second, third = marks["clauses"]
+    assert tts.needed_by[0] == first.ready
+    assert np.isclose(tts.needed_by[1], marks["tts_first_audio"] + 0.5)
+    assert np.isclose(tts.needed_by[2], marks["tts_first_audio"] + 1.0)

@@ -35,7 +35,7 @@ class SlowTTS:
         self.audible = audible
         self.spoken: list[str] = []
 
-    async def synthesize(self, text: str, voice=None):
+    async def synthesize(self, text: str, voice=None, needed_by=None):
         self.spoken.append(text)
         await asyncio.sleep(0.05)  # the first audio takes a while
         yield np.full(2400, 0.3 if self.audible else 0.0, np.float32)

@@ -80,7 +80,7 @@ class RecordingTTS:
     def __init__(self):
         self.spoken: list[str] = []
 
-    async def synthesize(self, text, voice=None):
+    async def synthesize(self, text, voice=None, needed_by=None):
         self.spoken.append(text)
         yield np.full(240, 0.3, np.float32)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -80,7 +80,7 @@ class CascadeResponder:
         gate.set()
         producer = asyncio.create_task(self._write_clauses(messages, settings, clauses, marks,
                                                            gate if settings.first_audio_first else None, judgment))
-        speech = self._speak(clauses, voice, marks, gate)
+        speech = self._speak(clauses, settings, voice, marks, gate)
         ahead = RunAhead(speech) if settings.synthesize_ahead else None
         try:
             async with aclosing(ahead.items() if ahead else speech) as pieces:
@@ -93,14 +93,15 @@ class CascadeResponder:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
 
-    async def _speak(self, clauses: asyncio.Queue, voice: str | None, marks: dict,
+    async def _speak(self, clauses: asyncio.Queue, settings: GenerationSettings, voice: str | None, marks: dict,
                      gate: threading.Event) -> AsyncIterator[SpeechPiece]:
         while (clause := await clauses.get()) is not None:
             if isinstance(clause, BaseException):
                 raise clause
             text, timing = clause
             timing.synth_start = time.monotonic()
-            async with aclosing(self.tts.synthesize(text, voice)) as chunks:
+            needed_by = self._needed_by(timing, marks) if settings.tts_deadlines else None
+            async with aclosing(self.tts.synthesize(text, voice, needed_by=needed_by)) as chunks:
                 async for audio in chunks:
                     if "tts_first_audio" not in marks:
                         audio = trim_leading_silence(audio)
@@ -128,6 +129,15 @@ class CascadeResponder:
         say, or cannot start on it within `start_within_s`)."""
         score = getattr(self.llm, "sentence_end_probability", None)
         return await score(messages, start_within_s) if score is not None else None
+
+    @staticmethod
+    def _needed_by(timing: ClauseTiming, marks: dict) -> Callable[[], float]:
+        """When the listener runs out of this reply's audio: once the audio made so far has played
+        (taking the first audio's time for the start of playback), or now, before there is any."""
+        def needed_by() -> float:
+            started = marks.get("tts_first_audio")
+            return timing.ready if started is None else started + sum(clause.audio_s for clause in marks["clauses"])
+        return needed_by
 
     @staticmethod
     def _timed(text: str, marks: dict) -> tuple[str, ClauseTiming]:

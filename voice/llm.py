@@ -54,6 +54,9 @@ class GenerationSettings:
     # Synthesize each clause as soon as it is written and TTS is free, not once the previous
     # clause's audio has been sent (which the session paces): later clauses keep ahead of playback.
     synthesize_ahead: bool = True
+    # Tell TTS when each clause's audio is needed, so that a TTS shared by sessions serves the
+    # piece needed soonest (a first clause, a reply about to run dry) before audio needed later.
+    tts_deadlines: bool = True
 
 
 class ChatLLM(Protocol):

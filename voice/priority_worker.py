@@ -5,6 +5,10 @@ for, and partial transcripts while users speak, which only refresh captions and 
 pre-warm. With a plain queue, four sessions' partials keep the model busy and each final pass
 waits behind them. Here a queued final pass runs next, and a background job whose caller has
 given up (cancelled) is dropped without running.
+
+Within a priority, jobs run in the order of their `deadline` (by default, of submission): TTS
+queues each step of a clause by when its audio will be needed, so the sessions' clauses
+interleave and the one about to run dry goes first.
 """
 
 from __future__ import annotations
@@ -34,30 +38,30 @@ class PriorityWorker:
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., T], *args, urgent: bool = True) -> Future:
+    def submit(self, fn: Callable[..., T], *args, urgent: bool = True, deadline: float = 0.0) -> Future:
         future: Future = Future()
-        self._jobs.put((URGENT if urgent else BACKGROUND, next(self._order), fn, args, future))
+        self._jobs.put((URGENT if urgent else BACKGROUND, deadline, next(self._order), fn, args, future))
         return future
 
-    async def run(self, fn: Callable[..., T], *args, urgent: bool = True) -> T:
+    async def run(self, fn: Callable[..., T], *args, urgent: bool = True, deadline: float = 0.0) -> T:
         """Await `fn(*args)` on the worker; cancelling the await drops the job if it has not started."""
-        return await asyncio.wrap_future(self.submit(fn, *args, urgent=urgent))
+        return await asyncio.wrap_future(self.submit(fn, *args, urgent=urgent, deadline=deadline))
 
     def shutdown(self) -> None:
         """Finish the running job, drop the waiting ones, and stop the thread."""
         with self._jobs.mutex:
-            dropped = [job[4] for job in self._jobs.queue if job[4] is not None]
+            dropped = [job[-1] for job in self._jobs.queue if job[-1] is not None]
             self._jobs.queue.clear()
         for future in dropped:
             future.cancel()
-        self._jobs.put((-1, -1, None, (), None))
+        self._jobs.put((-1, 0.0, -1, None, (), None))
         self._thread.join()
 
     def _serve(self) -> None:
         if self._nice:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)  # this thread only
         while True:
-            _, _, fn, args, future = self._jobs.get()
+            _, _, _, fn, args, future = self._jobs.get()
             if fn is None:
                 return
             if not future.set_running_or_notify_cancel():

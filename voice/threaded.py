@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TypeVar
 
+from voxloop.voice.priority_worker import PriorityWorker
+
 T = TypeVar("T")
 _END = object()
 
@@ -49,3 +51,29 @@ async def iterate_in_thread(executor: Executor, produce: Callable[[], Iterator[T
             yield item
     finally:
         stop.set()
+
+
+async def iterate_in_steps(worker: PriorityWorker, produce: Callable[[], Iterator[T]],
+                           needed_by: Callable[[], float]) -> AsyncIterator[T]:
+    """Like iterate_in_thread, but each item is a job of its own on `worker`, queued by
+    `needed_by()` (the time.monotonic() by which that item is wanted), so that between two items
+    of one stream the worker serves a stream that needs its next item sooner. Nothing runs ahead:
+    the next item is asked for when this one is taken."""
+    items: Iterator[T] | None = None
+
+    def step():
+        nonlocal items
+        if items is None:
+            items = produce()
+        return next(items, _END)
+
+    def close() -> None:
+        if items is not None:
+            items.close()
+
+    try:
+        while (item := await worker.run(step, deadline=needed_by())) is not _END:
+            yield item
+    finally:
+        # On the worker, after any step still running there: a generator cannot be closed while it runs.
+        worker.submit(close, deadline=float("-inf"))

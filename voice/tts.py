@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +20,8 @@ import numpy as np
 from voxloop.codecs.pcm import WIRE_RATE
 from voxloop.codecs.resample import StreamResampler
 from voxloop.voice.errors import ModelNotFoundError
-from voxloop.voice.threaded import iterate_in_thread
+from voxloop.voice.priority_worker import PriorityWorker
+from voxloop.voice.threaded import iterate_in_steps
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,11 @@ class SpeechSynthesizer(Protocol):
     name: str
     default_voice: str
 
-    def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[np.ndarray]:
-        """Float32 mono chunks at OUTPUT_RATE, the first as early as the backend can give it."""
+    def synthesize(self, text: str, voice: str | None = None,
+                   needed_by: Callable[[], float] | None = None) -> AsyncIterator[np.ndarray]:
+        """Float32 mono chunks at OUTPUT_RATE, the first as early as the backend can give it.
+        `needed_by()`: the time.monotonic() by which the next chunk is wanted (when the listener
+        would run out of audio); a backend shared by sessions serves the earliest first."""
         ...
 
 
@@ -59,9 +63,10 @@ class PiperSynthesizer:
         self.sample_rate = self.voice.sample_rate
         self.name = f"piper:{path.stem}"
         self.default_voice = path.stem
-        # onnxruntime sessions are thread-safe, but one worker keeps sessions from
-        # oversubscribing the CPU and keeps each session's clauses in order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        # onnxruntime sessions are thread-safe, but one worker keeps sessions from oversubscribing
+        # the CPU. It runs one piece of a clause at a time, the piece needed soonest first: a
+        # session's first clause need not wait for another session's long clause to finish.
+        self._worker = PriorityWorker("tts")
 
     def _chunks(self, text: str) -> Iterator[np.ndarray]:
         resampler = StreamResampler(self.sample_rate, OUTPUT_RATE)
@@ -69,8 +74,10 @@ class PiperSynthesizer:
             yield resampler.process(audio)
         yield resampler.flush()
 
-    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[np.ndarray]:
-        async with aclosing(iterate_in_thread(self._executor, lambda: self._chunks(text))) as chunks:
+    async def synthesize(self, text: str, voice: str | None = None,
+                         needed_by: Callable[[], float] | None = None) -> AsyncIterator[np.ndarray]:
+        asked = time.monotonic()  # without a deadline: first asked, first served
+        async with aclosing(iterate_in_steps(self._worker, lambda: self._chunks(text), needed_by or (lambda: asked))) as chunks:
             async for chunk in chunks:
                 if chunk.size:
                     yield chunk

@@ -20,7 +20,7 @@ import logging
 import os
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -302,7 +302,10 @@ class XttsSynthesizer:
             return
         yield resampler.flush()
 
-    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str, voice: str | None = None,
+                         needed_by: Callable[[], float] | None = None) -> AsyncIterator[np.ndarray]:
+        """`needed_by` is not used: XTTS streams a clause from one GPT decode, which cannot be put
+        aside for another session's clause: clauses are served whole, first come, first served."""
         cancelled = threading.Event()
         try:
             async with aclosing(iterate_in_thread(self._executor, lambda: self._chunks(text, voice, cancelled))) as chunks:
