@@ -14,6 +14,7 @@ from voxloop.client.realtime_client import DEFAULT_URL
 from voxloop.voice.asr import WINDOW_PADDING_S
 from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.llm_quant import BUNDLED_MODEL_QUANT, QUANT_CHOICES
+from voxloop.voice.piper_pieces import PIECE_FRAMES
 from voxloop.voice.config import SessionConfig
 from voxloop.voice.turns import EAGERNESS, UNFINISHED_RULES, TurnDetectionConfig, semantic_vad
 
@@ -50,6 +51,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--piper-whole-sentences", action=argparse.BooleanOptionalAction, default=False,
                        help="decode each sentence in one pass, as Piper does (default: its decoder runs a few latent "
                             "frames at a time, so a clause's first audio comes after a fraction of its decoding)")
+    group.add_argument("--piper-piece-frames", type=_frame_counts, metavar="N,N,...",
+                       help="the sizes of the pieces Piper's decoder runs on, in latent frames of 11.6 ms, the last one "
+                            "repeated (default: %s)" % ",".join(map(str, PIECE_FRAMES)))
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")
     group.add_argument("--xtts-device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
     group.add_argument("--xtts-language", default="en", help="XTTS language code (default: en)")
@@ -77,6 +81,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             "(default: they sleep, and numpy uses one thread)")
 
 
+def _frame_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers of frames, 1 or more, separated by commas, not {text!r}")
+    return counts
+
+
 def _model_options(args: argparse.Namespace):
     from voxloop.voice.models import ModelOptions
 
@@ -87,6 +101,7 @@ def _model_options(args: argparse.Namespace):
                         llm_cache_copies_mib=args.llm_cache_copies_mib, llm_slots=args.llm_slots,
                         llm_quant=args.llm_quant, tts=args.tts,
                         piper_voice=args.piper_voice, piper_whole_sentences=args.piper_whole_sentences,
+                        piper_piece_frames=args.piper_piece_frames,
                         xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,

@@ -60,9 +60,10 @@ async def read_paced(pieces, taken: list[float], stop_after: int | None = None) 
             await asyncio.sleep(0.05)
 
 
-def reply(ahead: bool, tts: RecordingTTS | None = None) -> tuple[dict, list[float]]:
+def reply(ahead: bool, tts: RecordingTTS | None = None, marks: dict | None = None) -> tuple[dict, list[float]]:
+    marks = {} if marks is None else marks
+
     async def run():
-        marks: dict = {}
         taken: list[float] = []
         await read_paced(CascadeResponder(InstantLLM(), tts or RecordingTTS()).respond([], settings(ahead), None, marks), taken)
         return marks, taken
@@ -106,11 +107,18 @@ def test_closing_a_reply_that_runs_ahead_stops_its_synthesis():
 
 
 def test_tts_is_told_when_each_clause_is_needed():
-    """The first clause at once (when its text came); a later one when the audio before it has
-    played, counted from the first audio."""
+    """The first clause when the listener began to wait (here, the text's arrival: no end of
+    speech is marked); a later one when the audio before it has played, counted from the first audio."""
     tts = RecordingTTS()
     marks, _ = reply(ahead=True, tts=tts)
     first, second, third = marks["clauses"]
     assert tts.needed_by[0] == first.ready
     assert np.isclose(tts.needed_by[1], marks["tts_first_audio"] + 0.5)
     assert np.isclose(tts.needed_by[2], marks["tts_first_audio"] + 1.0)
+
+
+def test_a_first_clause_is_needed_since_the_user_stopped_speaking():
+    tts = RecordingTTS()
+    stopped = time.monotonic() - 0.4
+    reply(ahead=True, tts=tts, marks={"speech_paused": stopped, "speech_stopped": stopped + 0.2})
+    assert tts.needed_by[0] == stopped  # the earliest: a reply started at the pause that ended the turn

@@ -155,3 +155,17 @@ def test_serve_s_flag_chooses_whole_sentences():
 
     assert not options().piper_whole_sentences
     assert isinstance(build_tts(options("--piper-whole-sentences")).voice, WholeSentencePiperVoice)
+
+
+def test_serve_s_piece_sizes_reach_the_voice_and_its_pieces_follow_them():
+    from voxloop.client.cli import _model_options, build_parser
+    from voxloop.voice.models import build_tts
+
+    options = _model_options(build_parser().parse_args(["serve", "--piper-piece-frames", "16,64,256"]))
+    voice = build_tts(options).voice
+    assert voice.piece_frames == (16, 64, 256)
+    latent = latent_of(voice, LONG_SENTENCE)
+    sizes = [piece.size // voice.hop_length for piece in voice.pieces(latent)]
+    assert sizes[:2] == [16, 64] and sum(sizes) == latent.shape[2]  # not the default 16, 32
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--piper-piece-frames", "16,0"])

@@ -23,6 +23,11 @@ from voxloop.voice.run_ahead import RunAhead
 from voxloop.voice.tts import OUTPUT_RATE, SpeechSynthesizer
 
 
+# Marks (VoiceSession's) of when the user began waiting for a reply: the pause a speculative reply
+# started at, the confirmed end of speech, or the client's commit or response.create.
+_WAITING_SINCE = ("speech_paused", "speech_stopped", "committed", "response_create")
+
+
 @dataclass
 class SpeechPiece:
     """A chunk of reply audio (24 kHz float32). `clause` is set on the first chunk of each clause."""
@@ -132,11 +137,15 @@ class CascadeResponder:
 
     @staticmethod
     def _needed_by(timing: ClauseTiming, marks: dict) -> Callable[[], float]:
-        """When the listener runs out of this reply's audio: once the audio made so far has played
-        (taking the first audio's time for the start of playback), or now, before there is any."""
+        """When the listener's silence began or begins: once the audio made so far has played (taking
+        the first audio's time for the start of playback), or, before there is any, when they
+        stopped speaking. TTS serves the earliest first, so a reply that has kept someone waiting
+        longer goes first, whether it has yet to start or has run dry."""
         def needed_by() -> float:
             started = marks.get("tts_first_audio")
-            return timing.ready if started is None else started + sum(clause.audio_s for clause in marks["clauses"])
+            if started is None:
+                return min((marks[name] for name in _WAITING_SINCE if name in marks), default=timing.ready)
+            return started + sum(clause.audio_s for clause in marks["clauses"])
         return needed_by
 
     @staticmethod

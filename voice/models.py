@@ -55,6 +55,7 @@ class ModelOptions:
     # Each sentence decoded in one pass, as Piper does, instead of a few latent frames at a time
     # (voice/piper_pieces.py), where a clause's first audio comes before its decoder has finished.
     piper_whole_sentences: bool = False
+    piper_piece_frames: tuple[int, ...] | None = None  # None: voice/piper_pieces.py's PIECE_FRAMES
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
     xtts_device: str = "auto"  # auto: cuda when available, else cpu
     xtts_language: str = "en"
@@ -160,7 +161,7 @@ def llm_gguf_path(options: ModelOptions) -> str:
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:
     if options.tts == "piper":
         return PiperSynthesizer(options.piper_voice, spinning_threads=options.spinning_threads,
-                                whole_sentences=options.piper_whole_sentences)
+                                whole_sentences=options.piper_whole_sentences, piece_frames=options.piper_piece_frames)
     if options.tts == "xtts":
         from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
 

@@ -34,9 +34,11 @@ CONTEXT_FRAMES_TRIED = (10, 16, 24, 32, 48)
 # cut short shows as 1e-3 and more at the joins.
 JOIN_TOLERANCE = 1e-4
 # The first piece is about 190 ms of audio at 22.05 kHz, of which Piper's lead-in silence takes
-# 40-60 ms; the second must be ready before the first has played, the rest have more time. Each
-# piece after the first costs its context frames on either side again, so they grow fast.
-PIECE_FRAMES = (16, 64, 256)
+# 40-60 ms; each piece must be decoded before the one before it has played, and each costs its
+# context frames on either side again. Doubling keeps every piece well ahead on a loaded machine
+# (16, 64, 256 left the second piece late there: sessions share one TTS worker), and no step longer
+# than 128 frames (1.5 s of audio) keeps a piece another session needs soon from waiting long.
+PIECE_FRAMES = (16, 32, 64, 128)
 CALIBRATION_TEXT = ("Ask not what your country can do for you. Absolutely, I can help with that! "
                     "What would you like to know about the weather today?")
 # Where the loudest calibration sentence peaks: some headroom for sentences louder still, which clip.
@@ -76,11 +78,11 @@ def split_voice_graph(model) -> tuple[object, object, str]:
     return front, decoder, latent
 
 
-def piece_bounds(frames: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each piece of `frames` latent frames, in order."""
+def piece_bounds(frames: int, sizes: tuple[int, ...] = PIECE_FRAMES) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each piece of `frames` latent frames, in order: `sizes`, then its last size over and over."""
     start, index = 0, 0
     while start < frames:
-        stop = min(frames, start + PIECE_FRAMES[min(index, len(PIECE_FRAMES) - 1)])
+        stop = min(frames, start + sizes[min(index, len(sizes) - 1)])
         yield start, stop
         start, index = stop, index + 1
 
@@ -91,11 +93,12 @@ class PiecewisePiperVoice:
     `voice` is a `piper.PiperVoice`, used for its phonemes and settings only; the two sessions
     hold the model."""
 
-    def __init__(self, voice, model_path: str, session_options, providers):
+    def __init__(self, voice, model_path: str, session_options, providers, piece_frames: tuple[int, ...] = PIECE_FRAMES):
         import onnx
         import onnxruntime
 
         self.voice = voice
+        self.piece_frames = piece_frames
         front, decoder, self.latent_name = split_voice_graph(onnx.load(model_path))
         self.front = onnxruntime.InferenceSession(front.SerializeToString(), sess_options=session_options, providers=providers)
         self.decoder = onnxruntime.InferenceSession(decoder.SerializeToString(), sess_options=session_options, providers=providers)
@@ -132,7 +135,7 @@ class PiecewisePiperVoice:
 
     def pieces(self, latent: np.ndarray) -> Iterator[np.ndarray]:
         """The latent frames as audio, piece by piece, at the voice's gain."""
-        for start, stop in piece_bounds(latent.shape[2]):
+        for start, stop in piece_bounds(latent.shape[2], self.piece_frames):
             yield np.clip(self.decode(latent, start, stop) * self.gain, -1.0, 1.0).astype(np.float32, copy=False)
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
@@ -149,7 +152,7 @@ class PiecewisePiperVoice:
         longest = max(range(len(latents)), key=lambda index: latents[index].shape[2])
         for context in CONTEXT_FRAMES_TRIED:
             self.context_frames = context
-            pieces = [self.decode(latents[longest], start, stop) for start, stop in piece_bounds(latents[longest].shape[2])]
+            pieces = [self.decode(latents[longest], start, stop) for start, stop in piece_bounds(latents[longest].shape[2], self.piece_frames)]
             if np.abs(np.concatenate(pieces) - wholes[longest]).max() < JOIN_TOLERANCE:
                 break
         else:

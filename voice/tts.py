@@ -50,16 +50,17 @@ def bundled_piper_voice() -> Path:
 
 class PiperSynthesizer:
     def __init__(self, voice_path: str | None = None, use_cuda: bool = False, spinning_threads: bool = False,
-                 whole_sentences: bool = False):
+                 whole_sentences: bool = False, piece_frames: tuple[int, ...] | None = None):
         """`whole_sentences`: decode each sentence in one pass, as Piper does, instead of in pieces
-        (voice/piper_pieces.py); a voice that cannot be cut in two is always decoded whole."""
+        (voice/piper_pieces.py); a voice that cannot be cut in two is always decoded whole.
+        `piece_frames`: the pieces' sizes in latent frames (default: piper_pieces.PIECE_FRAMES)."""
         path = Path(voice_path).expanduser() if voice_path else bundled_piper_voice()
         if not path.is_file():
             raise ModelNotFoundError(f"Piper voice {path} does not exist (expected a .onnx file with its .onnx.json beside it)")
         config = Path(str(path) + ".json")
         if not config.is_file():
             raise ModelNotFoundError(f"Piper voice config {config} does not exist")
-        self.voice = _load_piper_voice(path, config, use_cuda, spinning_threads, whole_sentences)
+        self.voice = _load_piper_voice(path, config, use_cuda, spinning_threads, whole_sentences, piece_frames)
         self.sample_rate = self.voice.sample_rate
         self.name = f"piper:{path.stem}"
         self.default_voice = path.stem
@@ -99,7 +100,8 @@ class WholeSentencePiperVoice:
             yield chunk.audio_float_array
 
 
-def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads: bool, whole_sentences: bool):
+def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads: bool, whole_sentences: bool,
+                      piece_frames: tuple[int, ...] | None):
     """The voice, in pieces where it can be cut in two (`PiecewisePiperVoice`), else whole, on
     onnxruntime sessions whose worker threads sleep when idle (unless `spinning_threads`).
 
@@ -120,7 +122,8 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
     if not whole_sentences:
         try:
             # The pieces' own sessions hold the model: Piper's is only asked for phonemes.
-            return PiecewisePiperVoice(PiperVoice(config=piper_config, session=None), str(path), options, providers)
+            return PiecewisePiperVoice(PiperVoice(config=piper_config, session=None), str(path), options, providers,
+                                       **({"piece_frames": piece_frames} if piece_frames else {}))
         except UnsplittableVoice as exc:
             logger.info("Piper voice %s is decoded a sentence at a time: %s", path.name, exc)
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
