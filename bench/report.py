@@ -63,11 +63,12 @@ def summarize(turns: list[TurnMeasurement]) -> dict:
 
 
 def _stall_seconds_by_cause(turns: list[TurnMeasurement]) -> dict[str, float]:
-    """All the stalls added up, by what they waited for (turns.stall_cause)."""
+    """All the stalls added up, by what they waited for (turns.stall_waits)."""
     by_cause: dict[str, float] = {}
     for turn in turns:
         for stall in turn.playback_stalls:
-            by_cause[stall["cause"]] = by_cause.get(stall["cause"], 0.0) + stall["wait_ms"] / 1000
+            for cause, ms in stall["waited_for_ms"].items():
+                by_cause[cause] = by_cause.get(cause, 0.0) + ms / 1000
     return {cause: round(seconds, 2) for cause, seconds in sorted(by_cause.items())}
 
 

@@ -54,7 +54,7 @@ class TurnMeasurement:
     # How long a client playing the deltas on arrival sat silent mid-reply, waiting for audio the
     # server had not sent yet (stalls of STALL_S or more, added up): breaks the user hears.
     playback_stall_ms: float | None = None
-    # Each of those waits, and what it waited for (stall_cause).
+    # Each of those waits, and what it waited for (stall_waits).
     playback_stalls: list[dict] = field(default_factory=list)
     error: str | None = None
     server_timings: dict = field(default_factory=dict)
@@ -179,20 +179,21 @@ def playback_stalls(deltas: list[tuple[float, np.ndarray]]) -> list[float]:
     return [gap.wait_s for gap in playback_breaks(deltas)]
 
 
-def stall_cause(gap: PlaybackBreak, clauses: list[dict], reference_unix: float) -> str:
-    """Why the reply ran dry, from the server's ClauseTimings (ms after `reference_unix`):
-    "text" where it ran dry between clauses before the LLM had finished the next one, "speech"
-    where that text was there (or the break is inside a clause) and TTS had not spoken it yet,
-    "unknown" without the server's clause timings."""
+def stall_waits(gap: PlaybackBreak, clauses: list[dict], reference_unix: float) -> dict[str, float]:
+    """What a break waited for, in seconds, from the server's ClauseTimings (ms after
+    `reference_unix`): "text" while the LLM had not finished the clause that comes next (a break
+    between clauses only), "speech" while TTS had not made its audio, "unknown" without the
+    server's clause timings. Where the text came during the break, the break counts both."""
     if not clauses:
-        return "unknown"
+        return {"unknown": gap.wait_s}
     start_ms = 0.0
     for clause in clauses:
-        if abs(start_ms - 1000 * gap.at_audio_s) < 1.0 and start_ms > 0:
+        if start_ms > 0 and abs(start_ms - 1000 * gap.at_audio_s) < 1.0:
             ready = reference_unix + clause["ready_ms"] / 1000
-            return "text" if ready > gap.ran_dry else "speech"
+            text_s = min(gap.wait_s, max(0.0, ready - gap.ran_dry))
+            return {"text": text_s, "speech": gap.wait_s - text_s}
         start_ms += clause["audio_ms"]
-    return "speech"
+    return {"speech": gap.wait_s}
 
 
 def first_audible_play_time(deltas: list[tuple[float, np.ndarray]]) -> tuple[float, float] | None:
@@ -313,7 +314,8 @@ def _fill(turn: TurnMeasurement, response: dict, deltas: list[tuple[float, np.nd
     turn.playback_stall_ms = round(1000 * sum(gap.wait_s for gap in breaks), 1)
     if timings.get("reference_unix") is not None:
         turn.playback_stalls = [{"at_audio_ms": round(1000 * gap.at_audio_s, 1), "wait_ms": round(1000 * gap.wait_s, 1),
-                                 "cause": stall_cause(gap, timings.get("clauses") or [], timings["reference_unix"])}
+                                 "waited_for_ms": {cause: round(1000 * seconds, 1) for cause, seconds
+                                                   in stall_waits(gap, timings.get("clauses") or [], timings["reference_unix"]).items()}}
                                 for gap in breaks]
     played, first_arrival = first_audible_play_time(deltas)
     turn.voice_to_voice_ms = 1000 * (played - true_end_unix)

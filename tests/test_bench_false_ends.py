@@ -110,6 +110,9 @@ def test_the_summary_counts_replies_whose_audio_ran_dry_while_playing():
     turns = [turn(name, 600) for name in "abc"]
     for t, stall in zip(turns, [0.0, 45.0, 120.0]):
         t.playback_stall_ms = stall
+    turns[1].playback_stalls = [{"at_audio_ms": 500.0, "wait_ms": 45.0, "waited_for_ms": {"speech": 45.0}}]
+    turns[2].playback_stalls = [{"at_audio_ms": 900.0, "wait_ms": 120.0, "waited_for_ms": {"text": 100.0, "speech": 20.0}}]
     summary = summarize(turns)
     assert (summary["stalled_replies"], summary["playback_stall_ms_max"]) == (2, 120.0)
-    assert "| 2 (120) |" in markdown_table({"A": summary})
+    assert summary["stall_s_by_cause"] == {"speech": 0.07, "text": 0.1}  # seconds, all stalls added up
+    assert "| 2 (120); speech 0.1 s, text 0.1 s |" in markdown_table({"A": summary})

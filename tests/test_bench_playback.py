@@ -3,7 +3,7 @@ the previous one when that is still playing."""
 
 import numpy as np
 
-from voxloop.bench.turns import first_audible_play_time, playback_breaks, playback_end, playback_stalls, stall_cause
+from voxloop.bench.turns import first_audible_play_time, playback_breaks, playback_end, playback_stalls, stall_waits
 from voxloop.codecs.pcm import WIRE_RATE
 
 
@@ -37,23 +37,25 @@ def test_a_reply_that_runs_dry_while_it_plays_stalls():
     assert playback_stalls([(10.0, seconds(0.2)), (10.21, seconds(0.2))]) == []  # 10 ms: no break a listener hears
 
 
-def test_a_break_between_clauses_waited_for_text_only_if_the_llm_finished_it_after_the_audio_ran_dry():
+def test_a_break_between_clauses_waited_for_text_until_the_llm_finished_the_next_clause():
     # Two clauses of 0.2 s: the second one's audio arrives 0.3 s after the first ran dry at 10.2.
     deltas = [(10.0, seconds(0.2, 0.1)), (10.5, seconds(0.2, 0.1))]
     [gap] = playback_breaks(deltas)
     assert (gap.ran_dry, gap.at_audio_s) == (10.2, 0.2) and np.isclose(gap.wait_s, 0.3)
     reference_unix = 9.0  # the server's clause times are ms after it
 
-    def clauses(second_ready_unix: float) -> list[dict]:
-        return [{"ready_ms": 500.0, "audio_ms": 200.0},
-                {"ready_ms": 1000 * (second_ready_unix - reference_unix), "audio_ms": 200.0}]
+    def waits(second_ready_unix: float) -> dict[str, float]:
+        clauses = [{"ready_ms": 500.0, "audio_ms": 200.0},
+                   {"ready_ms": 1000 * (second_ready_unix - reference_unix), "audio_ms": 200.0}]
+        return {cause: round(seconds, 3) for cause, seconds in stall_waits(gap, clauses, reference_unix).items()}
 
-    assert stall_cause(gap, clauses(10.4), reference_unix) == "text"
-    assert stall_cause(gap, clauses(10.1), reference_unix) == "speech"  # the text waited for TTS
-    assert stall_cause(gap, [], reference_unix) == "unknown"
+    assert waits(10.4) == {"text": 0.2, "speech": 0.1}  # the text came 0.2 s into the break, its audio 0.1 s later
+    assert waits(10.1) == {"text": 0.0, "speech": 0.3}  # the text was there: it waited for TTS
+    assert waits(10.6) == {"text": 0.3, "speech": 0.0}
+    assert stall_waits(gap, [], reference_unix) == {"unknown": gap.wait_s}
 
 
 def test_a_break_inside_a_clause_waited_for_speech():
     deltas = [(10.0, seconds(0.1, 0.1)), (10.3, seconds(0.1, 0.1))]
     [gap] = playback_breaks(deltas)
-    assert stall_cause(gap, [{"ready_ms": 0.0, "audio_ms": 200.0}], 9.0) == "speech"
+    assert stall_waits(gap, [{"ready_ms": 0.0, "audio_ms": 200.0}], 9.0) == {"speech": gap.wait_s}
