@@ -112,7 +112,7 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
     from piper import PiperVoice
     from piper.config import PiperConfig
 
-    from voxloop.voice.piper_pieces import PiecewisePiperVoice, UnsplittableVoice
+    from voxloop.voice.piper_pieces import PIECE_FRAMES, PiecewisePiperVoice, UnsplittableVoice
 
     options = onnxruntime.SessionOptions()
     if not spinning_threads:
@@ -123,7 +123,7 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
         try:
             # The pieces' own sessions hold the model: Piper's is only asked for phonemes.
             return PiecewisePiperVoice(PiperVoice(config=piper_config, session=None), str(path), options, providers,
-                                       **({"piece_frames": piece_frames} if piece_frames else {}))
+                                       piece_frames or PIECE_FRAMES)
         except UnsplittableVoice as exc:
             logger.info("Piper voice %s is decoded a sentence at a time: %s", path.name, exc)
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
