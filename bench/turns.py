@@ -165,6 +165,7 @@ class PlaybackBreak:
 
 
 def playback_breaks(deltas: list[tuple[float, np.ndarray]]) -> list[PlaybackBreak]:
+    """Where the reply ran dry while that client played it."""
     breaks, previous_end, played_s = [], None, 0.0
     for play_start, _, audio in play_schedule(deltas):
         if previous_end is not None and play_start - previous_end >= STALL_S:
@@ -172,11 +173,6 @@ def playback_breaks(deltas: list[tuple[float, np.ndarray]]) -> list[PlaybackBrea
         previous_end = play_start + audio.size / WIRE_RATE
         played_s += audio.size / WIRE_RATE
     return breaks
-
-
-def playback_stalls(deltas: list[tuple[float, np.ndarray]]) -> list[float]:
-    """The waits, in seconds, where the reply ran dry while it played."""
-    return [gap.wait_s for gap in playback_breaks(deltas)]
 
 
 def stall_waits(gap: PlaybackBreak, clauses: list[dict], reference_unix: float) -> dict[str, float]:

@@ -51,7 +51,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--piper-whole-sentences", action=argparse.BooleanOptionalAction, default=False,
                        help="decode each sentence in one pass, as Piper does (default: its decoder runs a few latent "
                             "frames at a time, so a clause's first audio comes after a fraction of its decoding)")
-    group.add_argument("--piper-piece-frames", type=_frame_counts, metavar="N,N,...",
+    group.add_argument("--piper-piece-frames", type=_frame_counts, default=PIECE_FRAMES, metavar="N,N,...",
                        help="the sizes of the pieces Piper's decoder runs on, in latent frames of 11.6 ms, the last one "
                             "repeated (default: %s)" % ",".join(map(str, PIECE_FRAMES)))
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")

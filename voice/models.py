@@ -24,6 +24,7 @@ from voxloop.voice.asr import WINDOW_PADDING_S, Transcript, WhisperTranscriber
 from voxloop.voice.errors import ModelNotFoundError
 from voxloop.voice.llm import ChatLLM, GenerationSettings, LlamaCppLLM, OpenAICompatibleLLM, bundled_gguf_path
 from voxloop.voice.llm_quant import quant_for, requantized
+from voxloop.voice.piper_pieces import PIECE_FRAMES
 from voxloop.voice.priority_worker import PriorityWorker
 from voxloop.voice.tts import PiperSynthesizer, SpeechSynthesizer
 from voxloop.voice.vad import SileroVAD
@@ -55,7 +56,7 @@ class ModelOptions:
     # Each sentence decoded in one pass, as Piper does, instead of a few latent frames at a time
     # (voice/piper_pieces.py), where a clause's first audio comes before its decoder has finished.
     piper_whole_sentences: bool = False
-    piper_piece_frames: tuple[int, ...] | None = None  # None: voice/piper_pieces.py's PIECE_FRAMES
+    piper_piece_frames: tuple[int, ...] = PIECE_FRAMES  # the sizes of those frames' pieces
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
     xtts_device: str = "auto"  # auto: cuda when available, else cpu
     xtts_language: str = "en"

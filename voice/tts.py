@@ -20,6 +20,7 @@ import numpy as np
 from voxloop.codecs.pcm import WIRE_RATE
 from voxloop.codecs.resample import StreamResampler
 from voxloop.voice.errors import ModelNotFoundError
+from voxloop.voice.piper_pieces import PIECE_FRAMES
 from voxloop.voice.priority_worker import PriorityWorker
 from voxloop.voice.threaded import iterate_in_steps
 
@@ -50,10 +51,10 @@ def bundled_piper_voice() -> Path:
 
 class PiperSynthesizer:
     def __init__(self, voice_path: str | None = None, use_cuda: bool = False, spinning_threads: bool = False,
-                 whole_sentences: bool = False, piece_frames: tuple[int, ...] | None = None):
+                 whole_sentences: bool = False, piece_frames: tuple[int, ...] = PIECE_FRAMES):
         """`whole_sentences`: decode each sentence in one pass, as Piper does, instead of in pieces
         (voice/piper_pieces.py); a voice that cannot be cut in two is always decoded whole.
-        `piece_frames`: the pieces' sizes in latent frames (default: piper_pieces.PIECE_FRAMES)."""
+        `piece_frames`: the pieces' sizes in latent frames."""
         path = Path(voice_path).expanduser() if voice_path else bundled_piper_voice()
         if not path.is_file():
             raise ModelNotFoundError(f"Piper voice {path} does not exist (expected a .onnx file with its .onnx.json beside it)")
@@ -101,7 +102,7 @@ class WholeSentencePiperVoice:
 
 
 def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads: bool, whole_sentences: bool,
-                      piece_frames: tuple[int, ...] | None):
+                      piece_frames: tuple[int, ...]):
     """The voice, in pieces where it can be cut in two (`PiecewisePiperVoice`), else whole, on
     onnxruntime sessions whose worker threads sleep when idle (unless `spinning_threads`).
 
@@ -112,7 +113,7 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
     from piper import PiperVoice
     from piper.config import PiperConfig
 
-    from voxloop.voice.piper_pieces import PIECE_FRAMES, PiecewisePiperVoice, UnsplittableVoice
+    from voxloop.voice.piper_pieces import PiecewisePiperVoice, UnsplittableVoice
 
     options = onnxruntime.SessionOptions()
     if not spinning_threads:
@@ -123,7 +124,7 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
         try:
             # The pieces' own sessions hold the model: Piper's is only asked for phonemes.
             return PiecewisePiperVoice(PiperVoice(config=piper_config, session=None), str(path), options, providers,
-                                       piece_frames or PIECE_FRAMES)
+                                       piece_frames)
         except UnsplittableVoice as exc:
             logger.info("Piper voice %s is decoded a sentence at a time: %s", path.name, exc)
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
