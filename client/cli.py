@@ -91,6 +91,14 @@ def _frame_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(first_clause_max_chars=args.first_clause_chars or None,
+                              first_clause_phrases=args.first_clause_phrases, first_audio_first=args.first_audio_first,
+                              synthesize_ahead=args.synthesize_ahead, tts_deadlines=args.tts_deadlines,
+                              cut_early_below_s=args.cut_early_below_s, max_sentences=args.reply_sentences or None,
+                              repeat_penalty=args.repeat_penalty)
+
+
 def _model_options(args: argparse.Namespace):
     from voxloop.voice.models import ModelOptions
 
@@ -207,13 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                                                           partial_transcripts=False), policy),
                                    model_name=models.name, transcription_model=NO_TRANSCRIPTION)
         else:
-            generation = GenerationSettings(first_clause_max_chars=args.first_clause_chars or None,
-                                            first_clause_phrases=args.first_clause_phrases,
-                                            first_audio_first=args.first_audio_first,
-                                            synthesize_ahead=args.synthesize_ahead,
-                                            tts_deadlines=args.tts_deadlines,
-                                            max_sentences=args.reply_sentences or None,
-                                            repeat_penalty=args.repeat_penalty)
+            generation = _generation_settings(args)
             server = VoxloopServer(lambda emit: VoiceSession(models, emit, SessionConfig(turn_detection=replace(turn_detection),
                                                                                     generation=replace(generation),
                                                                                     history_window=args.history_window,
@@ -339,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=GenerationSettings.synthesize_ahead,
                        help="synthesize each clause of a reply as soon as the LLM has written it, not once the previous "
                             "clause's audio has been sent, so later clauses keep ahead of playback (default: %(default)s)")
+    turns.add_argument("--cut-early-below-s", type=float, default=GenerationSettings.cut_early_below_s,
+                       help="once a reply is playing, TTS has spoken every clause written, and less than this many "
+                            "seconds of its audio are left, cut the next clause as early as the first (at a comma or "
+                            "the end of a phrase), so playback does not run dry while the LLM writes a long sentence; "
+                            "0: never (default: %(default)s)")
     turns.add_argument("--tts-deadlines", action=argparse.BooleanOptionalAction,
                        default=GenerationSettings.tts_deadlines,
                        help="tell TTS when each clause's audio is needed, so that Piper, shared by the sessions, decodes "

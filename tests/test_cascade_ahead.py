@@ -4,10 +4,11 @@ last one, and timing each clause, so a reply that runs dry can be traced to the 
 import asyncio
 import time
 from contextlib import aclosing
+from dataclasses import replace
 
 import numpy as np
 
-from voxloop.voice.cascade import CascadeResponder
+from voxloop.voice.cascade import CascadeResponder, ClauseTiming
 from voxloop.voice.llm import GenerationSettings
 from voxloop.voice.tts import OUTPUT_RATE
 
@@ -122,3 +123,52 @@ def test_a_first_clause_is_needed_since_the_user_stopped_speaking():
     stopped = time.monotonic() - 0.4
     reply(ahead=True, tts=tts, marks={"speech_paused": stopped, "speech_stopped": stopped + 0.2})
     assert tts.needed_by[0] == stopped  # the earliest: a reply started at the pause that ended the turn
+
+
+class SlowSecondSentenceLLM:
+    """A short first sentence at once, then a long one a word at a time."""
+
+    name = "slow"
+    SECOND = "The capital of France is Paris and it is lovely in the spring."
+
+    async def stream(self, messages, settings, stats=None, gate=None):
+        yield "Sure thing. "
+        for word in self.SECOND.split():
+            await asyncio.sleep(0.03)
+            yield word + " "
+
+
+def spoken_clauses(cut_early_below_s: float) -> list[ClauseTiming]:
+    async def run():
+        marks: dict = {}
+        replying = CascadeResponder(SlowSecondSentenceLLM(), RecordingTTS()).respond(
+            [], replace(settings(True), first_clause_max_chars=24, first_clause_phrases=True, cut_early_below_s=cut_early_below_s),
+            None, marks)
+        texts = [piece.clause async for piece in replying if piece.clause]
+        return texts, marks["clauses"]
+
+    return asyncio.run(run())
+
+
+def test_the_next_clause_is_cut_early_when_the_listener_is_about_to_wait_for_it():
+    texts, clauses = spoken_clauses(cut_early_below_s=10.0)  # always about to wait, once TTS is idle
+    assert texts[:2] == ["Sure thing.", "The capital of France"]  # a phrase, not the sentence
+    assert " ".join(texts) == "Sure thing. " + SlowSecondSentenceLLM.SECOND
+    assert not clauses[0].cut_early and clauses[1].cut_early
+    assert all(len(text) <= 24 for text, clause in zip(texts, clauses) if clause.cut_early)
+
+    texts, clauses = spoken_clauses(cut_early_below_s=0)
+    assert texts == ["Sure thing.", SlowSecondSentenceLLM.SECOND]
+    assert not any(clause.cut_early for clause in clauses)
+
+
+def test_the_listener_is_about_to_wait_only_once_tts_has_spoken_every_clause_and_little_audio_is_left():
+    now = time.monotonic()
+    spoken = ClauseTiming(ready=now - 0.3, synth_done=now - 0.1, audio_s=0.6)
+    marks = {"tts_first_audio": now - 0.2, "clauses": [spoken]}  # 0.4 s of audio left to play
+    assert CascadeResponder._waiting_for_text(marks, within_s=0.5)
+    assert not CascadeResponder._waiting_for_text(marks, within_s=0.3)
+    assert not CascadeResponder._waiting_for_text(marks, within_s=0)
+    speaking = {**marks, "clauses": [spoken, ClauseTiming(ready=now)]}  # TTS is still on the next clause
+    assert not CascadeResponder._waiting_for_text(speaking, within_s=0.5)
+    assert not CascadeResponder._waiting_for_text({}, within_s=0.5)  # nothing has played yet

@@ -80,3 +80,16 @@ def test_phrases_only_shape_the_first_clause():
     text = "Sure thing, my friend. The capital of France is Paris and it is lovely in the spring."
     assert stream(text, ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True)) == [
         "Sure thing, my friend.", "The capital of France is Paris and it is lovely in the spring."]
+
+
+def test_a_later_clause_in_a_hurry_is_cut_as_early_as_a_first_one():
+    text = "Sure thing, my friend. The capital of France, which is lovely, is Paris and it is lovely in the spring."
+    chunker = ClauseChunker(first_clause_max_chars=24, first_clause_phrases=True)
+    assert chunker.push(text[:23]) == ["Sure thing, my friend."]
+    assert chunker.push(text[23:47]) == []  # unhurried, the comma waits for the sentence end
+    assert chunker.push(text[47:50], hurry=True) == ["The capital of France,"]
+    assert chunker.push(text[50:70]) == []
+    assert chunker.push(text[70:80], hurry=True) == ["which is lovely,"]
+    # No comma: a phrase end from 12 characters on, or else the last one by 24 characters.
+    assert chunker.push(text[80:], hurry=True) == ["is Paris", "and it is lovely"]
+    assert chunker.flush() == ["in the spring."]

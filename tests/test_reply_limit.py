@@ -40,6 +40,13 @@ def test_a_reply_ends_before_a_clause_it_already_said():
     assert limit.end_reason == "repeat"
 
 
+def test_a_phrase_may_recur_where_a_sentence_may_not():
+    limit = SpokenReplyLimit(max_sentences=5)
+    said = admitted(limit, ["I think", "it rains.", "I think", "it snows.", "I think", "it rains."])
+    assert said == ["I think", "it rains.", "I think", "it snows.", "I think"]
+    assert limit.end_reason == "repeat"
+
+
 def test_the_token_caps_unfinished_tail_is_dropped_after_a_whole_sentence():
     limit = SpokenReplyLimit(max_sentences=3)
     assert limit.admit("That is a good point.")

@@ -46,12 +46,20 @@ class ClauseTiming:
     first_audio: float | None = None
     synth_done: float | None = None
     audio_s: float = 0.0
+    cut_early: bool = False  # cut by the first clause's rules, the listener about to wait for it
 
     def relative_ms(self, reference: float) -> dict[str, float | None]:
         def ms(t: float | None) -> float | None:
             return None if t is None else round(1000 * (t - reference), 1)
         return {"ready_ms": ms(self.ready), "synth_start_ms": ms(self.synth_start), "first_audio_ms": ms(self.first_audio),
-                "synth_done_ms": ms(self.synth_done), "audio_ms": round(1000 * self.audio_s, 1)}
+                "synth_done_ms": ms(self.synth_done), "audio_ms": round(1000 * self.audio_s, 1), "cut_early": self.cut_early}
+
+
+def _audio_runs_out(marks: dict) -> float | None:
+    """When the reply's audio made so far will have played (time.monotonic), taking the first
+    audio's time for the start of playback; None before there is any."""
+    started = marks.get("tts_first_audio")
+    return None if started is None else started + sum(clause.audio_s for clause in marks["clauses"])
 
 
 def trim_leading_silence(audio: np.ndarray, floor: float = 10 ** (-50 / 20), keep_samples: int = 240) -> np.ndarray:
@@ -142,15 +150,24 @@ class CascadeResponder:
         stopped speaking. TTS serves the earliest first, so a reply that has kept someone waiting
         longer goes first, whether it has yet to start or has run dry."""
         def needed_by() -> float:
-            started = marks.get("tts_first_audio")
-            if started is None:
+            runs_out = _audio_runs_out(marks)
+            if runs_out is None:
                 return min((marks[name] for name in _WAITING_SINCE if name in marks), default=timing.ready)
-            return started + sum(clause.audio_s for clause in marks["clauses"])
+            return runs_out
         return needed_by
 
     @staticmethod
-    def _timed(text: str, marks: dict) -> tuple[str, ClauseTiming]:
-        timing = ClauseTiming(ready=time.monotonic())
+    def _waiting_for_text(marks: dict, within_s: float) -> bool:
+        """Whether the listener will be left waiting for the LLM's next words within `within_s`: the
+        reply is playing, TTS has spoken every clause written, and their audio plays out by then."""
+        runs_out = _audio_runs_out(marks)
+        if runs_out is None or within_s <= 0 or any(clause.synth_done is None for clause in marks["clauses"]):
+            return False
+        return runs_out - time.monotonic() < within_s
+
+    @staticmethod
+    def _timed(text: str, marks: dict, cut_early: bool = False) -> tuple[str, ClauseTiming]:
+        timing = ClauseTiming(ready=time.monotonic(), cut_early=cut_early)
         marks.setdefault("clauses", []).append(timing)
         return text, timing
 
@@ -165,9 +182,10 @@ class CascadeResponder:
             async with aclosing(self.llm.stream(messages, settings, stats=marks, gate=gate, **judging)) as pieces:
                 async for piece in pieces:
                     marks.setdefault("llm_first_token", time.monotonic())
-                    for clause in chunker.push(piece):
+                    hurry = self._waiting_for_text(marks, settings.cut_early_below_s)
+                    for clause in chunker.push(piece, hurry=hurry):
                         if (text := speakable(clause)) and limit.admit(text):
-                            await clauses.put(self._timed(text, marks))
+                            await clauses.put(self._timed(text, marks, cut_early=hurry))
                             marks.setdefault("llm_first_clause", time.monotonic())
                             if gate is not None and "tts_first_audio" not in marks:
                                 gate.clear()  # the first clause is out: let TTS have the cores for its first audio

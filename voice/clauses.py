@@ -2,7 +2,9 @@
 
 The first clause of a reply is cut as early as a comma allows, because it gates the time to
 first audio; later clauses prefer sentence ends, which give better prosody, and fall back to
-commas only when a sentence runs long.
+commas only when a sentence runs long. A later clause is cut as early as a first one when its
+reader is about to run out of audio (`push(..., hurry=True)`): a phrase that sounds cut short is
+better than silence while the rest of the sentence is written.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ class ClauseChunker:
         self.max_chars = max_chars
         self._buffer = ""
         self._emitted_any = False
+        self._hurry = False
 
-    def push(self, text: str) -> list[str]:
-        """Add streamed text; return the clauses it completed, in order."""
+    def push(self, text: str, hurry: bool = False) -> list[str]:
+        """Add streamed text; return the clauses it completed, in order. `hurry`: cut the
+        buffered text by the first clause's rules, since the listener is about to wait for it."""
         self._buffer += text
+        self._hurry = hurry
         clauses = []
         while (cut := self._find_cut()) is not None:
             clause, self._buffer = self._buffer[:cut], self._buffer[cut:]
@@ -73,7 +78,8 @@ class ClauseChunker:
         whitespace), so "3.5" and "U.S." are never split mid-token.
         """
         text = self._buffer
-        min_chars = self.clause_min_chars if self._emitted_any else self.first_clause_min_chars
+        early = not self._emitted_any or self._hurry
+        min_chars = self.first_clause_min_chars if early else self.clause_min_chars
         last_clause_cut = None
         for i, ch in enumerate(text[:-1]):
             if ch == "\n" and text[:i].strip():
@@ -84,18 +90,18 @@ class ClauseChunker:
                 if len(text[:i].strip()) >= 2:
                     return i + 1
             elif ch in _CLAUSE_END and len(text[:i].strip()) >= min_chars:
-                if not self._emitted_any:
+                if early:
                     return i + 1
                 last_clause_cut = i + 1
-            elif (self.first_clause_phrases and not self._emitted_any
+            elif (self.first_clause_phrases and early
                   and min_chars <= len(text[: i + 1].strip()) <= self.first_clause_max_chars and _ends_phrase(text[: i + 1])):
                 return i + 1
-        max_chars = self.max_chars if self._emitted_any else self.first_clause_max_chars
+        max_chars = self.first_clause_max_chars if early else self.max_chars
         if len(text) >= max_chars:
             if last_clause_cut is not None:
                 return last_clause_cut
             spaces = [i for i, ch in enumerate(text[:max_chars]) if ch == " " and text[:i].strip()]
-            if self.first_clause_phrases and not self._emitted_any:  # the last phrase end that fits, if any
+            if self.first_clause_phrases and early:  # the last phrase end that fits, if any
                 spaces = [i for i in spaces if _ends_phrase(text[:i])] or spaces
             return spaces[-1] + 1 if spaces else max_chars
         return None

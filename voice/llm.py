@@ -54,6 +54,10 @@ class GenerationSettings:
     # Synthesize each clause as soon as it is written and TTS is free, not once the previous
     # clause's audio has been sent (which the session paces): later clauses keep ahead of playback.
     synthesize_ahead: bool = True
+    # Once the reply is playing, TTS has spoken every clause written, and less than this much of
+    # its audio is left to play, cut the next clause as early as the first (0: never): a phrase
+    # now, rather than silence while the LLM writes the rest of a long sentence.
+    cut_early_below_s: float = 0.5
     # Tell TTS when each clause's audio is needed, so that a TTS shared by sessions serves the
     # piece needed soonest (a first clause, a reply about to run dry) before audio needed later.
     tts_deadlines: bool = True

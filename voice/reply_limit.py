@@ -6,7 +6,8 @@ SmolLM2-135M replies ran on to the 96-token cap and stopped mid-sentence, some l
 sentence already said ("You're very clever. You're very clever. ..."). The limit reads the
 reply clause by clause, as TTS will speak it, and ends it:
 - after `max_sentences` whole sentences;
-- before a clause that repeats one already said in the reply;
+- before a sentence that repeats one already said in the reply (a phrase may recur: a reply
+  cut into short phrases says "I think" twice without looping);
 - without the unfinished tail that the token cap left, once a whole sentence was said.
 Ending the reply also stops the LLM, so the cores go to the next turn.
 """
@@ -36,15 +37,16 @@ class SpokenReplyLimit:
         the clause admitted completes the reply, `ended` is set."""
         if self.ended:
             return False
+        if not _SENTENCE_END.search(clause.strip()):
+            return True
         words = _words(clause)
         if words in self._said:
             self._end("repeat")
             return False
         self._said.add(words)
-        if _SENTENCE_END.search(clause.strip()):
-            self.sentences += 1
-            if self.max_sentences is not None and self.sentences >= self.max_sentences:
-                self._end("sentences")
+        self.sentences += 1
+        if self.max_sentences is not None and self.sentences >= self.max_sentences:
+            self._end("sentences")
         return True
 
     def admit_tail(self, clause: str, cut_by_token_cap: bool) -> bool:
