@@ -90,6 +90,7 @@ def test_a_later_clause_in_a_hurry_is_cut_as_early_as_a_first_one():
     assert chunker.push(text[47:50], hurry=True) == ["The capital of France,"]
     assert chunker.push(text[50:70]) == []
     assert chunker.push(text[70:80], hurry=True) == ["which is lovely,"]
-    # No comma: a phrase end from 12 characters on, or else the last one by 24 characters.
-    assert chunker.push(text[80:], hurry=True) == ["is Paris", "and it is lovely"]
-    assert chunker.flush() == ["in the spring."]
+    # No comma: a phrase end from 12 characters on, or else the last one by 24 characters. One
+    # clause only: the rest is already written, so it waits for the sentence end.
+    assert chunker.push(text[80:], hurry=True) == ["is Paris"]
+    assert chunker.flush() == ["and it is lovely in the spring."]

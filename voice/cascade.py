@@ -183,9 +183,9 @@ class CascadeResponder:
                 async for piece in pieces:
                     marks.setdefault("llm_first_token", time.monotonic())
                     hurry = self._waiting_for_text(marks, settings.cut_early_below_s)
-                    for clause in chunker.push(piece, hurry=hurry):
+                    for index, clause in enumerate(chunker.push(piece, hurry=hurry)):
                         if (text := speakable(clause)) and limit.admit(text):
-                            await clauses.put(self._timed(text, marks, cut_early=hurry))
+                            await clauses.put(self._timed(text, marks, cut_early=hurry and index == 0))
                             marks.setdefault("llm_first_clause", time.monotonic())
                             if gate is not None and "tts_first_audio" not in marks:
                                 gate.clear()  # the first clause is out: let TTS have the cores for its first audio

@@ -44,17 +44,17 @@ class ClauseChunker:
         self.max_chars = max_chars
         self._buffer = ""
         self._emitted_any = False
-        self._hurry = False
 
     def push(self, text: str, hurry: bool = False) -> list[str]:
-        """Add streamed text; return the clauses it completed, in order. `hurry`: cut the
-        buffered text by the first clause's rules, since the listener is about to wait for it."""
+        """Add streamed text; return the clauses it completed, in order. `hurry`: the listener is
+        about to wait for the next clause, so cut it by the first clause's rules. Only that one:
+        the text after it is already written and goes on by the later clauses' rules."""
         self._buffer += text
-        self._hurry = hurry
         clauses = []
-        while (cut := self._find_cut()) is not None:
+        while (cut := self._find_cut(hurry)) is not None:
             clause, self._buffer = self._buffer[:cut], self._buffer[cut:]
             self._add(clause, clauses)
+            hurry = False
         return clauses
 
     def flush(self) -> list[str]:
@@ -71,14 +71,14 @@ class ClauseChunker:
             out.append(clause)
             self._emitted_any = True
 
-    def _find_cut(self) -> int | None:
+    def _find_cut(self, hurry: bool = False) -> int | None:
         """Index just past a confirmed boundary, or None while the boundary is still unsure.
 
         A punctuation mark counts only once the character after it has arrived (it must be
         whitespace), so "3.5" and "U.S." are never split mid-token.
         """
         text = self._buffer
-        early = not self._emitted_any or self._hurry
+        early = not self._emitted_any or hurry
         min_chars = self.first_clause_min_chars if early else self.clause_min_chars
         last_clause_cut = None
         for i, ch in enumerate(text[:-1]):
