@@ -138,7 +138,7 @@ class SlowSecondSentenceLLM:
             yield word + " "
 
 
-def spoken_clauses(cut_early_below_s: float) -> list[ClauseTiming]:
+def spoken_clauses(cut_early_below_s: float) -> tuple[list[str], list[ClauseTiming]]:
     async def run():
         marks: dict = {}
         replying = CascadeResponder(SlowSecondSentenceLLM(), RecordingTTS()).respond(
