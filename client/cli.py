@@ -54,9 +54,6 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--piper-piece-frames", type=_frame_counts, default=PIECE_FRAMES, metavar="N,N,...",
                        help="the sizes of the pieces Piper's decoder runs on, in latent frames of 11.6 ms, the last one "
                             "repeated (default: %s)" % ",".join(map(str, PIECE_FRAMES)))
-    group.add_argument("--piper-whole-flow", action=argparse.BooleanOptionalAction, default=False,
-                       help="run Piper's flow on the whole sentence before its first piece (default: first on the "
-                            "frames the first piece needs, then on the rest)")
     group.add_argument("--xtts-dir", help="local XTTS-v2 checkpoint folder (default: download it, once COQUI_TOS_AGREED=1)")
     group.add_argument("--xtts-device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
     group.add_argument("--xtts-language", default="en", help="XTTS language code (default: en)")
@@ -112,7 +109,7 @@ def _model_options(args: argparse.Namespace):
                         llm_cache_copies_mib=args.llm_cache_copies_mib, llm_slots=args.llm_slots,
                         llm_quant=args.llm_quant, tts=args.tts,
                         piper_voice=args.piper_voice, piper_whole_sentences=args.piper_whole_sentences,
-                        piper_piece_frames=args.piper_piece_frames, piper_whole_flow=args.piper_whole_flow,
+                        piper_piece_frames=args.piper_piece_frames,
                         xtts_dir=args.xtts_dir, xtts_device=args.xtts_device,
                         xtts_language=args.xtts_language, xtts_voice=args.xtts_voice,
                         xtts_voice_dir=args.xtts_voice_dir,

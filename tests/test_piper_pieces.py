@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from voxloop.voice import piper_pieces
-from voxloop.voice.piper_pieces import (PIECE_FRAMES, LatentFrames, PiecewisePiperVoice, UnsplittableVoice, piece_bounds,
+from voxloop.voice.piper_pieces import (PIECE_FRAMES, PiecewisePiperVoice, UnsplittableVoice, piece_bounds,
                                         split_voice_graph)
 from voxloop.voice.tts import OUTPUT_RATE, PiperSynthesizer, WholeSentencePiperVoice, bundled_piper_voice
 
@@ -26,10 +26,6 @@ def piper():
 
 def latent_of(voice: PiecewisePiperVoice, text: str, noise_scale: float | None = None) -> np.ndarray:
     return voice.latent(voice.voice.phonemes_to_ids(voice.voice.phonemize(text)[0]), noise_scale)
-
-
-def frames_of(voice: PiecewisePiperVoice, text: str) -> LatentFrames:
-    return voice.frames(voice.voice.phonemes_to_ids(voice.voice.phonemize(text)[0]))
 
 
 def test_the_two_halves_give_the_whole_graphs_audio(piper):
@@ -67,32 +63,6 @@ def test_without_enough_context_the_pieces_would_click(piper, monkeypatch):
         monkeypatch.setattr(voice, "context_frames", context)
         pieces = [voice.decode(latent, start, stop) for start, stop in piece_bounds(latent.shape[2])]
         assert np.abs(np.concatenate(pieces) - whole).max() > least_error, context
-
-
-def test_the_first_piece_flows_only_the_frames_it_decodes(piper):
-    """The flow runs on the first piece's frames and their context, then on the rest at once."""
-    voice = piper.voice
-    frames = frames_of(voice, LONG_SENTENCE)
-    whole = frames.again(None).until(frames.count)  # the same noisy prior, flowed whole
-    pieces = voice.pieces(frames)
-    next(pieces)
-    assert frames.flowed == PIECE_FRAMES[0] + voice.context_frames < frames.count / 4
-    next(pieces)
-    assert frames.flowed == frames.count
-    assert np.abs(frames.until(frames.count) - whole).max() < 1e-4
-
-
-def test_without_enough_flow_context_the_parts_would_differ(piper):
-    """The parts join exactly because of the flow's context found at load: with less they differ."""
-    voice = piper.voice
-    assert voice.flow_context_frames == 32  # 4 coupling layers of 4 convolutions of width 5
-    frames = frames_of(voice, LONG_SENTENCE)
-    whole = frames.again(None).until(frames.count)
-    first = PIECE_FRAMES[0] + voice.context_frames
-    for context, least_error in ((0, 1e-2), (16, 1e-3)):
-        parts = frames.again(context)
-        parts.until(first)
-        assert np.abs(parts.until(parts.count) - whole).max() > least_error, context
 
 
 def test_a_voice_whose_pieces_never_join_is_decoded_whole(monkeypatch):
@@ -187,19 +157,6 @@ def test_serve_s_flag_chooses_whole_sentences():
     assert isinstance(build_tts(options("--piper-whole-sentences")).voice, WholeSentencePiperVoice)
 
 
-def test_serve_s_flag_runs_the_flow_whole():
-    """`--piper-whole-flow` keeps the flow in the front: the first piece waits for the whole sentence's flow."""
-    from voxloop.client.cli import _model_options, build_parser
-    from voxloop.voice.models import build_tts
-
-    options = _model_options(build_parser().parse_args(["serve", "--piper-whole-flow"]))
-    voice = build_tts(options).voice
-    assert voice.flow is None and len(voice.sessions) == 2
-    frames = frames_of(voice, LONG_SENTENCE)
-    assert frames.flowed == frames.count  # the prior gave the latent itself
-    assert sum(piece.size for piece in voice.pieces(frames)) == frames.count * voice.hop_length
-
-
 def test_serve_s_piece_sizes_reach_the_voice_and_its_pieces_follow_them():
     from voxloop.client.cli import _model_options, build_parser
     from voxloop.voice.models import build_tts
@@ -207,8 +164,8 @@ def test_serve_s_piece_sizes_reach_the_voice_and_its_pieces_follow_them():
     options = _model_options(build_parser().parse_args(["serve", "--piper-piece-frames", "16,64,256"]))
     voice = build_tts(options).voice
     assert voice.piece_frames == (16, 64, 256)
-    frames = frames_of(voice, LONG_SENTENCE)
-    sizes = [piece.size // voice.hop_length for piece in voice.pieces(frames)]
-    assert sizes[:2] == [16, 64] and sum(sizes) == frames.count  # not the default 16, 32
+    latent = latent_of(voice, LONG_SENTENCE)
+    sizes = [piece.size // voice.hop_length for piece in voice.pieces(latent)]
+    assert sizes[:2] == [16, 64] and sum(sizes) == latent.shape[2]  # not the default 16, 32
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--piper-piece-frames", "16,0"])

@@ -57,9 +57,6 @@ class ModelOptions:
     # (voice/piper_pieces.py), where a clause's first audio comes before its decoder has finished.
     piper_whole_sentences: bool = False
     piper_piece_frames: tuple[int, ...] = PIECE_FRAMES  # the sizes of those frames' pieces
-    # Each sentence's flow run whole before its first piece, instead of first on the frames that
-    # piece needs (voice/piper_pieces.py).
-    piper_whole_flow: bool = False
     xtts_dir: str | None = None  # None: coqui's download, once COQUI_TOS_AGREED=1
     xtts_device: str = "auto"  # auto: cuda when available, else cpu
     xtts_language: str = "en"
@@ -165,8 +162,7 @@ def llm_gguf_path(options: ModelOptions) -> str:
 def build_tts(options: ModelOptions) -> SpeechSynthesizer:
     if options.tts == "piper":
         return PiperSynthesizer(options.piper_voice, spinning_threads=options.spinning_threads,
-                                whole_sentences=options.piper_whole_sentences, piece_frames=options.piper_piece_frames,
-                                whole_flow=options.piper_whole_flow)
+                                whole_sentences=options.piper_whole_sentences, piece_frames=options.piper_piece_frames)
     if options.tts == "xtts":
         from voxloop.voice.tts_xtts import XttsSynthesizer  # optional extra: coqui-tts
 

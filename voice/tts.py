@@ -51,20 +51,17 @@ def bundled_piper_voice() -> Path:
 
 class PiperSynthesizer:
     def __init__(self, voice_path: str | None = None, use_cuda: bool = False, spinning_threads: bool = False,
-                 whole_sentences: bool = False, piece_frames: tuple[int, ...] = PIECE_FRAMES,
-                 whole_flow: bool = False):
+                 whole_sentences: bool = False, piece_frames: tuple[int, ...] = PIECE_FRAMES):
         """`whole_sentences`: decode each sentence in one pass, as Piper does, instead of in pieces
         (voice/piper_pieces.py); a voice that cannot be cut in two is always decoded whole.
-        `piece_frames`: the pieces' sizes in latent frames. `whole_flow`: run each sentence's flow
-        whole before its first piece, not first on the frames that piece needs."""
+        `piece_frames`: the pieces' sizes in latent frames."""
         path = Path(voice_path).expanduser() if voice_path else bundled_piper_voice()
         if not path.is_file():
             raise ModelNotFoundError(f"Piper voice {path} does not exist (expected a .onnx file with its .onnx.json beside it)")
         config = Path(str(path) + ".json")
         if not config.is_file():
             raise ModelNotFoundError(f"Piper voice config {config} does not exist")
-        self.voice = _load_piper_voice(path, config, use_cuda, spinning_threads, whole_sentences, piece_frames,
-                                       whole_flow)
+        self.voice = _load_piper_voice(path, config, use_cuda, spinning_threads, whole_sentences, piece_frames)
         self.sample_rate = self.voice.sample_rate
         self.name = f"piper:{path.stem}"
         self.default_voice = path.stem
@@ -105,7 +102,7 @@ class WholeSentencePiperVoice:
 
 
 def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads: bool, whole_sentences: bool,
-                      piece_frames: tuple[int, ...], whole_flow: bool):
+                      piece_frames: tuple[int, ...]):
     """The voice, in pieces where it can be cut in two (`PiecewisePiperVoice`), else whole, on
     onnxruntime sessions whose worker threads sleep when idle (unless `spinning_threads`).
 
@@ -127,7 +124,7 @@ def _load_piper_voice(path: Path, config: Path, use_cuda: bool, spinning_threads
         try:
             # The pieces' own sessions hold the model: Piper's is only asked for phonemes.
             return PiecewisePiperVoice(PiperVoice(config=piper_config, session=None), str(path), options, providers,
-                                       piece_frames, flow_in_parts=not whole_flow)
+                                       piece_frames)
         except UnsplittableVoice as exc:
             logger.info("Piper voice %s is decoded a sentence at a time: %s", path.name, exc)
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
