@@ -294,8 +294,9 @@ class VoiceSession:
 
     def _prefetch_reply(self, speculation: Speculation, text: str, judgment: WordsJudgment | None = None) -> None:
         messages = self.conversation.chat_messages(self.config.instructions, pending_user_text=text)
-        reply = self.responder.respond(messages, self.config.reply_settings(), self.config.voice, speculation.marks,
-                                       judgment=judgment)
+        # The RunAhead below drains the reply as it is made: the responder need not buffer it again.
+        settings = replace(self.config.reply_settings(), synthesize_ahead=False)
+        reply = self.responder.respond(messages, settings, self.config.voice, speculation.marks, judgment=judgment)
         # A reply that ends without having judged the words (it failed, or was cancelled first) answers None.
         speculation.reply = RunAhead(reply, on_end=(lambda: judgment.answer(None)) if judgment else None)
 
