@@ -211,30 +211,32 @@ def test_the_partial_pass_in_flight_at_a_pause_never_decodes_after_the_pauses_ow
 
 
 @contextmanager
-def counted_run_aheads(monkeypatch):
-    """{"session": n, "cascade": n}: the RunAheads each made, a reply's speech drained into a buffer as it is made."""
+def counted_run_aheads():
+    """{"session": n, "cascade": n}: the RunAheads each module made inside the block, each a
+    reply's speech drained into a buffer as it is made."""
     from voxloop.voice import cascade, session
     from voxloop.voice.run_ahead import RunAhead
 
     made = {"session": 0, "cascade": 0}
-    for module in (session, cascade):
-        class Counted(RunAhead):
-            def __init__(self, *args, _where=module.__name__.rsplit(".", 1)[-1], **kwargs):
-                made[_where] += 1
-                super().__init__(*args, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (session, cascade):
+            class Counted(RunAhead):
+                def __init__(self, *args, _where=module.__name__.rsplit(".", 1)[-1], **kwargs):
+                    made[_where] += 1
+                    super().__init__(*args, **kwargs)
 
-        monkeypatch.setattr(module, "RunAhead", Counted)
-    yield made
+            patch.setattr(module, "RunAhead", Counted)
+        yield made
 
 
-def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models, monkeypatch):
+def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends(models):
     speech = load_audio(clip("arctic_a0039_1592747680").path, RATE)
     # A long hangover, spoken three times slower than real time, so that even a loaded machine
     # finishes the speculative transcript and first clause inside it: this checks the mechanism, not
     # the machine's speed. No shorter pause for a clearly finished sentence: the LLM scores this one
     # 0.2-0.5 (bench runs), about the 0.4 from which that pause would end the turn after 350 ms.
     audio = np.concatenate([speech, np.zeros(3 * RATE, np.float32)])
-    with counted_run_aheads(monkeypatch) as made:
+    with counted_run_aheads() as made:
         eager = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=160, finished_silence_ms=0),
                             slowdown=3.0)
     assert made["session"] >= 1 and made["cascade"] == 0  # a speculative reply is run ahead once, by the session
@@ -245,7 +247,7 @@ def test_eager_end_of_turn_has_the_transcript_and_reply_ready_when_the_turn_ends
     assert timings["speculation"] == "reply" and timings["end_silence_ms"] == 2500 and timings["unfinished"] is None
     assert timings["llm_start_ms"] < 0 and timings["llm_prompt_tokens"] > timings["llm_cached_tokens"] >= 0
 
-    with counted_run_aheads(monkeypatch) as made:
+    with counted_run_aheads() as made:
         lazy = run_session(models, audio, TurnDetectionConfig(silence_duration_ms=2500, eager_after_ms=0))
     assert made == {"session": 0, "cascade": 1}  # a reply started at the turn's end is run ahead by the cascade
     timings = reply_timings(lazy)
