@@ -2,7 +2,8 @@
 
 It starts the servers it measures (or uses `--url`), speaks the shared clips to them paced in
 real time, and writes raw JSON, a Markdown summary and plots. With two variants (`--compare`)
-the turns alternate between them, so machine noise falls on both alike.
+the turns alternate between them, so machine noise falls on both alike, and the ratio of their
+percentiles comes with a bootstrap interval (bench/ratio.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voxloop.bench import report
+from voxloop.bench.ratio import Comparison, compare
 from voxloop.bench.server_process import ServerProcess, start_server
 from voxloop.bench.speech import load_clips
 from voxloop.bench.turns import PacedMicrophone, TurnMeasurement, run_session, speak_turn
@@ -182,19 +184,20 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     sweep_summaries = {f"{name} x{n}": {**report.summarize(turns), "sessions": n} for (name, n), turns in sweep_turns.items()}
     sweep_ratios = None
     if len(variants) == 2:
-        sweep_ratios = {n: _ratios(*(sweep_summaries[f"{v.name} x{n}"] for v in variants))
+        sweep_ratios = {n: _comparison(*(sweep_turns[(v.name, n)] for v in variants))
                         for n in sorted({n for _, n in sweep_turns if n > 1})}
 
     rtf = None
     if not args.no_rtf and variants[0].server is not None and not budget.spent():
         rtf = _stage_rtf(variants[0].serve_args, clips)
 
-    ratios = _ratios(*(summaries[v.name] for v in variants)) if len(variants) == 2 else None
+    ratios = _comparison(*(by_variant[v.name] for v in variants)) if len(variants) == 2 else None
 
     results = {"machine": report.machine_description(), "started_unix": started, "duration_s": time.time() - started,
                "variants": {v.name: v.serve_args for v in variants}, "summaries": summaries, "sweep": sweep_summaries,
                "stopped_by_time_budget": budget.stopped_early,
-               "stage_rtf": rtf, "ratios_second_over_first": ratios, "sweep_ratios_second_over_first": sweep_ratios,
+               "stage_rtf": rtf, "ratios_second_over_first": ratios and ratios.to_dict(),
+               "sweep_ratios_second_over_first": sweep_ratios and {n: c.to_dict() for n, c in sweep_ratios.items()},
                "turns": [t.to_dict() for t in main_turns] + [t.to_dict() for (_, n), ts in sweep_turns.items() if n > 1 for t in ts]}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     report.plot_cdf({**by_variant, **{f"{name} x{n}": ts for (name, n), ts in sweep_turns.items() if n > 1}},
@@ -206,14 +209,12 @@ def _run(args, variants: list[Variant], clips, out: Path) -> dict:
     return results
 
 
-def _ratios(first: dict, second: dict) -> dict[str, float | None]:
-    """Second over first, for the p50 and p95 of two summaries' voice-to-voice latency."""
-    a, b = first["voice_to_voice_ms"], second["voice_to_voice_ms"]
-    return {q: (b[q] / a[q] if a[q] and b[q] else None) for q in ("p50", "p95")}
+def _comparison(first: list[TurnMeasurement], second: list[TurnMeasurement]) -> Comparison:
+    """Second over first, for the p50 and p95 of the answered turns' voice-to-voice latency."""
+    def answered(turns):
+        return [(t.clip, t.voice_to_voice_ms) for t in turns if t.voice_to_voice_ms is not None]
 
-
-def _ratio_text(ratios: dict[str, float | None]) -> str:
-    return ", ".join(f"{q} {r:.2f}" if r else f"{q} –" for q, r in ratios.items())
+    return compare(answered(first), answered(second))
 
 
 def _sweep_rounds(variants: list[Variant], turns: int) -> list[tuple[Variant, int]]:
@@ -275,12 +276,12 @@ def _summary_markdown(results, summaries, sweep_summaries, rtf, ratios, variants
     parts += ["", f"Turns over {slow_ms} ms (server facts from `response.done.response.voxloop.timings`):", "",
               report.slow_turns_table(main_turns, slow_ms)]
     if ratios:
-        parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): " + _ratio_text(ratios)]
+        parts += ["", f"Ratio {variants[1].name} / {variants[0].name} (same run, interleaved): " + ratios.text()]
     if any(v["sessions"] > 1 for v in sweep_summaries.values()):
         parts += ["", "Concurrency sweep (sessions talking at once to one server):", "", report.markdown_table(sweep_summaries)]
     for n, ratio in (sweep_ratios or {}).items():
         parts += ["", f"Ratio {variants[1].name} / {variants[0].name} at {n} sessions (same run, alternating A B B A): "
-                  + _ratio_text(ratio)]
+                  + ratio.text()]
     if rtf:
         parts += ["", "Real-time factor per stage (compute time / audio duration, in-process, same models):", "",
                   "| stage | median RTF | p95 RTF |", "|---|---|---|"]

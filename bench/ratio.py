@@ -1,0 +1,105 @@
+"""Two variants of one run compared: the ratio of their latency percentiles, and how far to trust it.
+
+With 32 turns a side, the p50 of one side moves by several percent between two runs of the same
+code (bench/RESULTS.md, `settle-sentences`), and the p95 is the second-slowest turn. So each ratio
+comes with a bootstrap interval: the turns are drawn again with replacement many times, and the
+interval holds the middle 95% of the ratios those draws give. Where both sides played the same
+clips, as `--compare` does, a turn of one side is paired with the other side's turn on the same
+clip and pairs are drawn together, so a long clip weighs on both sides of every draw; otherwise
+each side is drawn on its own. The pairs also give the plainest evidence of all: in how many of
+them the second variant answered sooner.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+QUANTILES = {"p50": 50, "p95": 95}
+RESAMPLES = 4000
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Comparison:
+    """The second variant's latency over the first's."""
+
+    p50: float | None
+    p95: float | None
+    p50_interval: tuple[float, float] | None = None
+    p95_interval: tuple[float, float] | None = None
+    paired_turns: int = 0  # turns of the two sides matched by clip
+    second_faster: int = 0  # of those pairs, how many the second variant answered sooner
+    drawn_in_pairs: bool = False  # the interval came from pairs, not from each side on its own
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        """One line for the summary: ratios, their intervals, and the paired count."""
+        shown = []
+        for name in QUANTILES:
+            ratio, interval = getattr(self, name), getattr(self, f"{name}_interval")
+            if ratio is None:
+                shown.append(f"{name} –")
+            elif interval is None:
+                shown.append(f"{name} {ratio:.2f}")
+            else:
+                shown.append(f"{name} {ratio:.2f} ({interval[0]:.2f}–{interval[1]:.2f})")
+        line = ", ".join(shown)
+        if any(getattr(self, f"{name}_interval") for name in QUANTILES):
+            drawn = "pairs of turns on the same clip" if self.drawn_in_pairs else "each side's turns"
+            line += f"; {CONFIDENCE:.0%} bootstrap intervals over {drawn}"
+        if self.paired_turns:
+            line += f"; the second faster in {self.second_faster} of {self.paired_turns} paired turns"
+        return line
+
+
+def compare(first: list[tuple[str, float]], second: list[tuple[str, float]], resamples: int = RESAMPLES,
+            seed: int = 0) -> Comparison:
+    """`first`, `second`: (clip, voice-to-voice ms) of each answered turn of the two variants."""
+    a = np.array([ms for _, ms in first], dtype=float)
+    b = np.array([ms for _, ms in second], dtype=float)
+    if not a.size or not b.size:
+        return Comparison(None, None)
+    ratios = {name: _ratio(np.percentile(a, q), np.percentile(b, q)) for name, q in QUANTILES.items()}
+    pairs = _pairs(first, second)
+    comparison = Comparison(**ratios, paired_turns=len(pairs),
+                            second_faster=sum(int(later < earlier) for earlier, later in pairs))
+    if a.size < 2 or b.size < 2 or resamples <= 0:
+        return comparison
+    rng = np.random.default_rng(seed)
+    if len(pairs) == a.size == b.size:  # every turn has its partner: draw the pairs
+        drawn = rng.integers(0, len(pairs), size=(resamples, len(pairs)))
+        paired = np.array(pairs)
+        a_draws, b_draws = paired[:, 0][drawn], paired[:, 1][drawn]
+        comparison.drawn_in_pairs = True
+    else:
+        a_draws = a[rng.integers(0, a.size, size=(resamples, a.size))]
+        b_draws = b[rng.integers(0, b.size, size=(resamples, b.size))]
+    tail = 100 * (1 - CONFIDENCE) / 2
+    for name, q in QUANTILES.items():
+        draws = np.percentile(b_draws, q, axis=1) / np.percentile(a_draws, q, axis=1)
+        low, high = np.percentile(draws, [tail, 100 - tail])
+        setattr(comparison, f"{name}_interval", (float(low), float(high)))
+    return comparison
+
+
+def _ratio(first: float, second: float) -> float | None:
+    return float(second / first) if first and second else None
+
+
+def _pairs(first: list[tuple[str, float]], second: list[tuple[str, float]]) -> list[tuple[float, float]]:
+    """(first ms, second ms) for each clip's n-th turn on both sides."""
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for clip, ms in second:
+        seconds[clip].append(ms)
+    taken: dict[str, int] = defaultdict(int)
+    pairs = []
+    for clip, ms in first:
+        if taken[clip] < len(seconds[clip]):
+            pairs.append((ms, seconds[clip][taken[clip]]))
+            taken[clip] += 1
+    return pairs
