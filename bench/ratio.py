@@ -103,3 +103,50 @@ def _pairs(first: list[tuple[str, float]], second: list[tuple[str, float]]) -> l
             pairs.append((ms, seconds[clip][taken[clip]]))
             taken[clip] += 1
     return pairs
+
+
+def comparisons(results: dict) -> dict[str, Comparison]:
+    """Each comparison a `--compare` run's results.json holds: "1" for its interleaved turns, then
+    "2", "4", ... for its concurrency sweep, each the second variant over the first."""
+    names = list(results["variants"])
+    if len(names) != 2:
+        return {}
+    by_variant: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for turn in results["turns"]:
+        if turn.get("voice_to_voice_ms") is not None:
+            by_variant[turn["variant"]].append((turn["clip"], turn["voice_to_voice_ms"]))
+    found = {}
+    for label, suffix in [("1", "")] + [(str(n), f" x{n}") for n in (2, 4, 8, 16)]:
+        first, second = by_variant.get(names[0] + suffix), by_variant.get(names[1] + suffix)
+        if first and second:
+            found[label] = compare(first, second)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparisons of past `--compare` runs as a Markdown table."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="ratios with bootstrap intervals for --compare runs' results.json")
+    parser.add_argument("results", nargs="+", type=Path, help="results.json files, or the folders that hold them")
+    args = parser.parse_args(argv)
+    print("| run | second / first | sessions | p50 (95% interval) | p95 (95% interval) | second faster, paired turns |")
+    print("|---|---|---|---|---|---|")
+    for path in args.results:
+        path = path / "results.json" if path.is_dir() else path
+        results = json.loads(path.read_text())
+        names = list(results["variants"])
+        for sessions, comparison in comparisons(results).items():
+            cells = []
+            for name in QUANTILES:
+                ratio, interval = getattr(comparison, name), getattr(comparison, f"{name}_interval")
+                cells.append("–" if ratio is None else f"{ratio:.2f}" + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else ""))
+            paired = f"{comparison.second_faster} of {comparison.paired_turns}" if comparison.paired_turns else "–"
+            print(f"| {path.parent.name} | {names[1]} / {names[0]} | {sessions} | {cells[0]} | {cells[1]} | {paired} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
