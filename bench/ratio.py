@@ -123,17 +123,53 @@ def comparisons(results: dict) -> dict[str, Comparison]:
     return found
 
 
+def plot_intervals(rows: list[tuple[str, Comparison]], path, title: str) -> None:
+    """A forest plot: each comparison's p50 and p95 ratio with its interval, beside a line at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(QUANTILES), figsize=(11, 0.28 * len(rows) + 1.4), sharey=True)
+    positions = np.arange(len(rows))[::-1]
+    for ax, name in zip(axes, QUANTILES):
+        for y, (_, comparison) in zip(positions, rows):
+            ratio, interval = getattr(comparison, name), getattr(comparison, f"{name}_interval")
+            if ratio is None:
+                continue
+            clear = interval is not None and not interval[0] <= 1.0 <= interval[1]
+            color = "tab:blue" if clear else "grey"
+            if interval is not None:
+                ax.plot(interval, [y, y], color=color, linewidth=1.6)
+            ax.plot([ratio], [y], "o", color=color, markersize=4)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks([0.5, 0.7, 0.85, 1.0, 1.2, 1.5])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(f"{name} ratio, second / first (blue: 95% interval clear of 1)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions)
+    axes[0].set_yticklabels([label for label, _ in rows], fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the comparisons of past `--compare` runs as a Markdown table."""
+    """Print the comparisons of past `--compare` runs as a Markdown table, and plot them if asked."""
     import argparse
     import json
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description="ratios with bootstrap intervals for --compare runs' results.json")
     parser.add_argument("results", nargs="+", type=Path, help="results.json files, or the folders that hold them")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the ratios and their intervals here")
     args = parser.parse_args(argv)
     print("| run | second / first | sessions | p50 (95% interval) | p95 (95% interval) | second faster, paired turns |")
     print("|---|---|---|---|---|---|")
+    plotted = []
     for path in args.results:
         path = path / "results.json" if path.is_dir() else path
         results = json.loads(path.read_text())
@@ -145,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append("–" if ratio is None else f"{ratio:.2f}" + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else ""))
             paired = f"{comparison.second_faster} of {comparison.paired_turns}" if comparison.paired_turns else "–"
             print(f"| {path.parent.name} | {names[1]} / {names[0]} | {sessions} | {cells[0]} | {cells[1]} | {paired} |")
+            plotted.append((f"{path.parent.name}, {names[1]} / {names[0]}, {sessions} session{'s' * (sessions != '1')}",
+                            comparison))
+    if args.plot and plotted:
+        plot_intervals(plotted, args.plot, "Voice-to-voice ratios of --compare runs, with 95% bootstrap intervals")
     return 0
 
 

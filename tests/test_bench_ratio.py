@@ -84,3 +84,22 @@ def test_the_bench_compares_the_answered_turns_of_its_two_variants():
     assert comparison.paired_turns == 3 and comparison.second_faster == 2
     assert comparison.p50 == np.percentile([300, 400, 800], 50) / np.percentile([400, 500, 600, 700], 50)
     assert json.loads(json.dumps(comparison.to_dict()))["second_faster"] == 2  # results.json takes it as it is
+
+
+def test_past_runs_are_compared_again_from_their_results_json_and_plotted(tmp_path, capsys):
+    from voxloop.bench.ratio import main
+
+    run = tmp_path / "eager-64"
+    run.mkdir()
+    clips = [f"clip{i}" for i in range(8)]
+    slow = [500.0 + 40 * i for i in range(8)]
+    turns_json = ([{"variant": "a", "clip": c, "voice_to_voice_ms": ms} for c, ms in zip(clips, slow)]
+                  + [{"variant": "b", "clip": c, "voice_to_voice_ms": ms * 0.9} for c, ms in zip(clips, slow)]
+                  + [{"variant": "a x2", "clip": c, "voice_to_voice_ms": ms} for c, ms in zip(clips, slow)]
+                  + [{"variant": "b x2", "clip": c, "voice_to_voice_ms": None} for c in clips])  # none answered
+    (run / "results.json").write_text(json.dumps({"variants": {"a": [], "b": []}, "turns": turns_json}))
+    plot = tmp_path / "ratios.png"
+    assert main([str(run), "--plot", str(plot)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| eager-64")]
+    assert rows == ["| eager-64 | b / a | 1 | 0.90 (0.90–0.90) | 0.90 (0.90–0.90) | 8 of 8 |"]  # no 2-session row: b answered none
+    assert plot.stat().st_size > 10_000
