@@ -115,8 +115,10 @@ def comparisons(results: dict) -> dict[str, Comparison]:
     for turn in results["turns"]:
         if turn.get("voice_to_voice_ms") is not None:
             by_variant[turn["variant"]].append((turn["clip"], turn["voice_to_voice_ms"]))
+    sweep = sorted({int(variant.rsplit(" x", 1)[1]) for variant in by_variant
+                    if variant.startswith(names[0] + " x") and variant.rsplit(" x", 1)[1].isdigit()})
     found = {}
-    for label, suffix in [("1", "")] + [(str(n), f" x{n}") for n in (2, 4, 8, 16)]:
+    for label, suffix in [("1", "")] + [(str(n), f" x{n}") for n in sweep]:
         first, second = by_variant.get(names[0] + suffix), by_variant.get(names[1] + suffix)
         if first and second:
             found[label] = compare(first, second)

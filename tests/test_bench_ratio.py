@@ -96,10 +96,12 @@ def test_past_runs_are_compared_again_from_their_results_json_and_plotted(tmp_pa
     turns_json = ([{"variant": "a", "clip": c, "voice_to_voice_ms": ms} for c, ms in zip(clips, slow)]
                   + [{"variant": "b", "clip": c, "voice_to_voice_ms": ms * 0.9} for c, ms in zip(clips, slow)]
                   + [{"variant": "a x2", "clip": c, "voice_to_voice_ms": ms} for c, ms in zip(clips, slow)]
-                  + [{"variant": "b x2", "clip": c, "voice_to_voice_ms": None} for c in clips])  # none answered
+                  + [{"variant": "b x2", "clip": c, "voice_to_voice_ms": None} for c in clips]  # none answered
+                  + [{"variant": v, "clip": c, "voice_to_voice_ms": ms} for v in ("a x3", "b x3") for c, ms in zip(clips, slow)])
     (run / "results.json").write_text(json.dumps({"variants": {"a": [], "b": []}, "turns": turns_json}))
     plot = tmp_path / "ratios.png"
     assert main([str(run), "--plot", str(plot)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| eager-64")]
-    assert rows == ["| eager-64 | b / a | 1 | 0.90 (0.90–0.90) | 0.90 (0.90–0.90) | 8 of 8 |"]  # no 2-session row: b answered none
+    assert rows == ["| eager-64 | b / a | 1 | 0.90 (0.90–0.90) | 0.90 (0.90–0.90) | 8 of 8 |",  # no 2-session row: b answered none
+                    "| eager-64 | b / a | 3 | 1.00 (1.00–1.00) | 1.00 (1.00–1.00) | 0 of 8 |"]
     assert plot.stat().st_size > 10_000
