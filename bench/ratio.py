@@ -37,18 +37,16 @@ class Comparison:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def shown(self, name: str) -> str:
+        """The ratio at quantile `name` ("p50", "p95") with its interval: "0.98 (0.86–1.10)", or "–"."""
+        ratio, interval = getattr(self, name), getattr(self, f"{name}_interval")
+        if ratio is None:
+            return "–"
+        return f"{ratio:.2f}" + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
+
     def text(self) -> str:
         """One line for the summary: ratios, their intervals, and the paired count."""
-        shown = []
-        for name in QUANTILES:
-            ratio, interval = getattr(self, name), getattr(self, f"{name}_interval")
-            if ratio is None:
-                shown.append(f"{name} –")
-            elif interval is None:
-                shown.append(f"{name} {ratio:.2f}")
-            else:
-                shown.append(f"{name} {ratio:.2f} ({interval[0]:.2f}–{interval[1]:.2f})")
-        line = ", ".join(shown)
+        line = ", ".join(f"{name} {self.shown(name)}" for name in QUANTILES)
         if any(getattr(self, f"{name}_interval") for name in QUANTILES):
             drawn = "pairs of turns on the same clip" if self.drawn_in_pairs else "each side's turns"
             line += f"; {CONFIDENCE:.0%} bootstrap intervals over {drawn}"
@@ -177,12 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(path.read_text())
         names = list(results["variants"])
         for sessions, comparison in comparisons(results).items():
-            cells = []
-            for name in QUANTILES:
-                ratio, interval = getattr(comparison, name), getattr(comparison, f"{name}_interval")
-                cells.append("–" if ratio is None else f"{ratio:.2f}" + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else ""))
             paired = f"{comparison.second_faster} of {comparison.paired_turns}" if comparison.paired_turns else "–"
-            print(f"| {path.parent.name} | {names[1]} / {names[0]} | {sessions} | {cells[0]} | {cells[1]} | {paired} |")
+            print(f"| {path.parent.name} | {names[1]} / {names[0]} | {sessions} | {comparison.shown('p50')} | "
+                  f"{comparison.shown('p95')} | {paired} |")
             plotted.append((f"{path.parent.name}, {names[1]} / {names[0]}, {sessions} session{'s' * (sessions != '1')}",
                             comparison))
     if args.plot and plotted:
