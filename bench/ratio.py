@@ -1,4 +1,4 @@
-"""Two variants of one run compared: the ratio of their latency percentiles, and how far to trust it.
+"""How far to trust a latency percentile, and the ratio of two variants' percentiles in one run.
 
 With 32 turns a side, the p50 of one side moves by several percent between two runs of the same
 code (bench/RESULTS.md, `settle-sentences`), and the p95 is the second-slowest turn. So each ratio
@@ -77,12 +77,28 @@ def compare(first: list[tuple[str, float]], second: list[tuple[str, float]], res
     else:
         a_draws = a[rng.integers(0, a.size, size=(resamples, a.size))]
         b_draws = b[rng.integers(0, b.size, size=(resamples, b.size))]
-    tail = 100 * (1 - CONFIDENCE) / 2
     for name, q in QUANTILES.items():
         draws = np.percentile(b_draws, q, axis=1) / np.percentile(a_draws, q, axis=1)
-        low, high = np.percentile(draws, [tail, 100 - tail])
-        setattr(comparison, f"{name}_interval", (float(low), float(high)))
+        setattr(comparison, f"{name}_interval", _middle(draws))
     return comparison
+
+
+def percentile_interval(values: list[float], q: float, resamples: int = RESAMPLES,
+                        seed: int = 0) -> tuple[float, float] | None:
+    """The bootstrap interval of the `q`-th percentile of `values` (None for fewer than two):
+    where one run's p50 or p95 might as well have landed."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2 or resamples <= 0:
+        return None
+    drawn = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    return _middle(np.percentile(values[drawn], q, axis=1))
+
+
+def _middle(draws: np.ndarray) -> tuple[float, float]:
+    """The middle CONFIDENCE of the draws."""
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _ratio(first: float, second: float) -> float | None:

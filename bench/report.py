@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxloop.bench.ratio import QUANTILES, percentile_interval
 from voxloop.bench.turns import TurnMeasurement
 
 STAGES = [("end_of_turn_ms", "end-of-turn wait"), ("asr_ms", "ASR final"), ("llm_ms", "LLM first token"),
@@ -44,7 +45,10 @@ def machine_description() -> str:
 
 def summarize(turns: list[TurnMeasurement]) -> dict:
     ok = [t for t in turns if t.voice_to_voice_ms is not None]
-    summary = {"turns": len(turns), "answered": len(ok), "voice_to_voice_ms": percentiles([t.voice_to_voice_ms for t in ok]),
+    latencies = [t.voice_to_voice_ms for t in ok]
+    summary = {"turns": len(turns), "answered": len(ok), "voice_to_voice_ms": percentiles(latencies),
+               # Where the p50 and p95 might as well have landed: 32 turns pin them down only so far.
+               "voice_to_voice_interval_ms": {name: percentile_interval(latencies, q) for name, q in QUANTILES.items()},
                "wer": percentiles([t.wer for t in turns if t.wer is not None])["mean"], "stages": {},
                "false_end_turns": sum(1 for t in turns if t.false_ends),
                # A conversation stuck repeating one short reply is cheap to voice and flatters latency.
@@ -90,13 +94,21 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _with_interval(summary: dict, name: str) -> str:
+    """A latency percentile with its bootstrap interval: "538 (509–571)"."""
+    value = _fmt(summary["voice_to_voice_ms"][name])
+    interval = summary.get("voice_to_voice_interval_ms", {}).get(name)
+    return value if interval is None else f"{value} ({interval[0]:.0f}–{interval[1]:.0f})"
+
+
 def markdown_table(summaries: dict[str, dict]) -> str:
-    lines = ["| configuration | sessions | turns answered | p50 ms | p95 ms | p99 ms | mean ms | ASR WER | cut off early "
+    lines = ["| configuration | sessions | turns answered | p50 ms (95% interval) | p95 ms (95% interval) | p99 ms | mean ms | ASR WER | cut off early "
              "| replies that stalled (longest ms; all stalls by what they waited for) | distinct replies | reply s (median) | replies cut mid-sentence |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         v = s["voice_to_voice_ms"]
-        lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | "
+        lines.append(f"| {name} | {s.get('sessions', 1)} | {s['answered']}/{s['turns']} | {_with_interval(s, 'p50')} | "
+                     f"{_with_interval(s, 'p95')} | "
                      f"{_fmt(v['p99'])} | {_fmt(v['mean'])} | {_fmt(s['wer'], 3)} | {s.get('false_end_turns', 0)}/{s['turns']} | "
                      f"{_stalls(s)} | {s.get('distinct_replies', '–')} | {_fmt(s.get('reply_s_median'), 1)} | "
                      f"{s.get('replies_cut_mid_sentence', '–')} |")

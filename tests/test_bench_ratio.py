@@ -105,3 +105,32 @@ def test_past_runs_are_compared_again_from_their_results_json_and_plotted(tmp_pa
     assert rows == ["| eager-64 | b / a | 1 | 0.90 (0.90–0.90) | 0.90 (0.90–0.90) | 8 of 8 |",  # no 2-session row: b answered none
                     "| eager-64 | b / a | 3 | 1.00 (1.00–1.00) | 1.00 (1.00–1.00) | 0 of 8 |"]
     assert plot.stat().st_size > 10_000
+
+
+def test_one_run_s_percentiles_come_with_the_interval_they_might_as_well_have_landed_in():
+    from voxloop.bench.ratio import percentile_interval
+
+    assert percentile_interval([500.0] * 32, 50) == (500.0, 500.0)
+    assert percentile_interval([500.0], 50) is None  # one turn says nothing of its spread
+    rng = np.random.default_rng(3)
+    latencies = rng.lognormal(np.log(520), 0.25, 32)
+    low, high = percentile_interval(latencies, 50)
+    assert low < np.median(latencies) < high and high - low > 40
+    p95_low, p95_high = percentile_interval(latencies, 95)
+    assert p95_high - p95_low > high - low
+
+
+def test_the_summary_table_shows_the_p50_and_p95_with_their_intervals():
+    from voxloop.bench.report import markdown_table, summarize
+    from voxloop.bench.turns import TurnMeasurement
+
+    turns = [TurnMeasurement(clip=f"clip{i}", variant="a", session=0, clip_s=3.0, speech_end_s=2.5,
+                             voice_to_voice_ms=ms) for i, ms in enumerate([400.0, 500.0, 600.0])]
+    summary = summarize(turns)
+    low, high = summary["voice_to_voice_interval_ms"]["p50"]
+    assert 400 <= low <= 500 <= high <= 600
+    row = markdown_table({"a": summary}).splitlines()[2]
+    assert row.startswith(f"| a | 1 | 3/3 | 500 ({low:.0f}–{high:.0f}) | 590 (")
+    json.dumps(summary)  # results.json takes it as it is
+    old = {key: value for key, value in summary.items() if key != "voice_to_voice_interval_ms"}
+    assert markdown_table({"a": old}).splitlines()[2].startswith("| a | 1 | 3/3 | 500 | 590 |")  # a summary from before
